@@ -1,0 +1,79 @@
+"""Prompt -> prefix blocks: the chained hashes the index is keyed by.
+
+A prompt is cut into fixed-size blocks and each full block is hashed with xxh3-64, seeded by the
+previous block's hash, so a block's hash stands for the whole prefix up to and including it: two
+prompts share their leading hashes exactly as far as they share their text. The first block is seeded
+by the model, the request's `cache_salt` and the tenant, so requests that the engine would never let
+share a cache never share hashes either.
+
+The default unit is 64 bytes of UTF-8 (64 characters of ASCII text, about 16 tokens, the engine's
+block): bytes rather than characters because they track tokens better across scripts and are cheaper
+to slice. Only the first `max_blocks` blocks are hashed, so a 1M-token prompt costs bounded work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import xxhash
+
+from gateway.request import InferenceRequest
+
+_hash = xxhash.xxh3_64_intdigest
+
+BYTES_PER_TOKEN_ESTIMATE = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class PromptBlocks:
+    hashes: list[int]
+    """Chained hashes of the leading full blocks, at most `max_blocks` of them."""
+    tokens_per_block: float
+    prompt_tokens: int
+    """The whole prompt's length in tokens (estimated for byte blocks), beyond the cap too."""
+
+    @property
+    def hashed_tokens(self) -> float:
+        return len(self.hashes) * self.tokens_per_block
+
+
+class BlockHasher(Protocol):
+    def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks: ...
+
+
+def chain_seed(model: str, cache_salt: str | None, tenant: str) -> int:
+    return _hash(f"{model}\0{cache_salt or ''}\0{tenant}".encode())
+
+
+def chain_hashes(data: bytes, block_size: int, seed: int, max_blocks: int) -> list[int]:
+    """xxh3-64 of each full `block_size`-byte block, chained through the seed argument."""
+    view = memoryview(data)
+    end = min(len(data) // block_size, max_blocks) * block_size
+    hashes: list[int] = []
+    append = hashes.append
+    parent = seed
+    for start in range(0, end, block_size):
+        parent = _hash(view[start : start + block_size], parent)
+        append(parent)
+    return hashes
+
+
+class ByteBlockHasher:
+    """The default, tokenizer-free unit: fixed-size byte blocks of the canonical prompt."""
+
+    def __init__(self, block_bytes: int = 64, max_blocks: int = 8192) -> None:
+        if block_bytes <= 0 or max_blocks <= 0:
+            raise ValueError("block_bytes and max_blocks must be positive")
+        self.block_bytes = block_bytes
+        self.max_blocks = max_blocks
+        self.tokens_per_block = block_bytes / BYTES_PER_TOKEN_ESTIMATE
+
+    def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks:
+        data = request.prompt_bytes()
+        seed = chain_seed(model, request.cache_salt, request.tenant)
+        return PromptBlocks(
+            hashes=chain_hashes(data, self.block_bytes, seed, self.max_blocks),
+            tokens_per_block=self.tokens_per_block,
+            prompt_tokens=max(1, round(len(data) / BYTES_PER_TOKEN_ESTIMATE)),
+        )

@@ -1,0 +1,202 @@
+"""The gateway's configuration: one schema, filled from a YAML file, then environment, then flags.
+
+Environment variables are `KVGATE_<KEY>` for top-level keys and `KVGATE_<SECTION>__<KEY>` for nested
+ones (`KVGATE_ROUTING__BLOCK_BYTES=128`); values are read as YAML scalars, and `KVGATE_REPLICAS` takes
+a comma-separated list of URLs. Every key is documented in docs/config.md; an unknown or invalid key
+is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.policies import PolicyName
+from gateway.profiles import PROFILE_NAMES
+
+ENV_PREFIX = "KVGATE_"
+GIB = 1024**3
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the operator, naming the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReplicaConfig(_Section):
+    url: str
+    name: str | None = None
+    models: list[str] = Field(
+        default_factory=list, description="Empty: learn them from the replica's /v1/models."
+    )
+    hbm_tokens: int | None = Field(default=None, ge=0)
+    dram_tokens: int | None = Field(default=None, ge=0)
+    storage_tokens: int | None = Field(default=None, ge=0)
+    hbm_gib: float | None = Field(default=None, ge=0)
+    dram_gib: float | None = Field(default=None, ge=0)
+    storage_gib: float | None = Field(default=None, ge=0)
+    kv_events: str | None = Field(default=None, description="The replica's ZMQ KV-events endpoint.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+
+class RoutingConfig(_Section):
+    block_bytes: int = Field(default=64, gt=0, le=65536)
+    max_blocks: int = Field(default=8192, gt=0, le=1_000_000)
+    guard_factor: float = Field(default=1.5, ge=1.0)
+    guard_min_outstanding: float = Field(default=8.0, ge=0)
+    guard_kv_usage: float = Field(default=0.98, gt=0, le=1.0)
+    tie_tolerance: float = Field(default=0.05, ge=0, le=1.0)
+    engine_token_budget: int = Field(default=8192, gt=0)
+    default_hbm_tokens: int = Field(default=450_000, gt=0)
+
+
+class IndexConfig(_Section):
+    backend: str = Field(default="embedded", description="'embedded' or a redis:// / rediss:// URL.")
+
+
+class UpstreamConfig(_Section):
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    read_timeout_s: float = Field(default=600.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=16)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_connections: int = Field(default=1024, gt=0)
+    api_key: str | None = None
+
+
+class HealthConfig(_Section):
+    interval_s: float = Field(default=2.0, gt=0)
+    scrape_interval_s: float = Field(default=1.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=5.0, ge=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
+class GatewayConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    policy: PolicyName = "affinity"
+    profile: str = "h100-llama3-8b"
+    tensor_parallel: int = Field(default=1, ge=1)
+    replicas: list[ReplicaConfig] = Field(default_factory=list)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    admin_token: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        if name not in PROFILE_NAMES:
+            raise ValueError(f"unknown profile; known: {', '.join(PROFILE_NAMES)}")
+        return name
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _urls_as_replicas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [{"url": item.strip()} if isinstance(item, str) else item for item in value]
+        return value
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[leaf] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        value = raw if dotted == "replicas" else yaml.safe_load(raw) if raw else raw
+        _set_dotted(tree, dotted, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"config key '{key}': {message}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """File, then `KVGATE_*` environment, then `overrides` (dotted keys, from flags), validated."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys")
+        tree = loaded
+    tree = _merge(tree, _env_overrides(os.environ if environ is None else environ))
+    flat: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(flat, dotted, value)
+    tree = _merge(tree, flat)
+    try:
+        return GatewayConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def replica_capacity_tokens(replica: ReplicaConfig, kv_bytes_per_token: int) -> dict[str, int | None]:
+    """The replica's configured tier sizes in tokens (GiB converted with the profile's KV bytes/token)."""
+
+    def tokens(count: int | None, gib: float | None) -> int | None:
+        if count is not None:
+            return count
+        return None if gib is None else int(gib * GIB / kv_bytes_per_token)
+
+    return {
+        "hbm": tokens(replica.hbm_tokens, replica.hbm_gib),
+        "dram": tokens(replica.dram_tokens, replica.dram_gib),
+        "storage": tokens(replica.storage_tokens, replica.storage_gib),
+    }

@@ -1,0 +1,89 @@
+"""The default policy: lowest estimated time to first token, with a load guard.
+
+Each candidate's TTFT is estimated by the cost model from the prefix it holds per tier and the work
+queued on it. The lowest estimate wins, except that a replica carrying more than `guard_factor` times
+the pool's mean outstanding requests (and at least `guard_min_outstanding`), or whose KV cache is nearly
+full, is passed over while another replica is not: so a hot prefix spreads to a second replica instead
+of piling onto one, and the replica that takes it becomes a holder too. Estimates within
+`tie_tolerance` of the best are ties, broken by rendezvous hashing on the prompt so that independent
+gateway replicas agree.
+
+Reasons: `affinity` (the winner holds part of the prompt and is the cheapest), `load_guard` (the
+cheapest was passed over), `cold` (no candidate holds any of the prompt).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from gateway.policies.base import Estimate, Ranking, RouteContext, rendezvous_order
+from gateway.policies.cost import CostModel
+from gateway.profiles import Profile
+from gateway.replicas import Replica
+
+
+@dataclass(frozen=True, slots=True)
+class AffinitySettings:
+    guard_factor: float = 1.5
+    guard_min_outstanding: float = 8.0
+    guard_kv_usage: float = 0.98
+    tie_tolerance: float = 0.05
+    engine_token_budget: int = 8192
+
+
+class AffinityPolicy:
+    name = "affinity"
+
+    def __init__(self, profile: Profile, settings: AffinitySettings | None = None) -> None:
+        self.settings = settings or AffinitySettings()
+        self.cost = CostModel(profile, self.settings.engine_token_budget)
+
+    def rank(self, context: RouteContext) -> Ranking:
+        settings = self.settings
+        now = time.monotonic()
+        candidates = context.candidates
+        estimates = {
+            r.name: self.cost.estimate(r, context.match_of(r), context.blocks, now) for r in candidates
+        }
+        outstanding = {r.name: r.outstanding() for r in candidates}
+        mean = sum(outstanding.values()) / len(candidates)
+        for replica in candidates:
+            load = outstanding[replica.name]
+            estimates[replica.name].guarded = (
+                load >= settings.guard_min_outstanding and load > settings.guard_factor * mean
+            ) or replica.scraped.kv_usage >= settings.guard_kv_usage
+
+        if all(e.guarded for e in estimates.values()):
+            for e in estimates.values():
+                e.guarded = False
+        ordered = self._cheapest_first(
+            [r for r in candidates if not estimates[r.name].guarded], estimates, context
+        )
+        ordered += self._cheapest_first(
+            [r for r in candidates if estimates[r.name].guarded], estimates, context
+        )
+
+        best = ordered[0]
+        cheapest = min(estimates.values(), key=lambda e: e.ttft_s)
+        chosen = estimates[best.name]
+        if cheapest.guarded and cheapest.ttft_s < chosen.ttft_s * (1 - settings.tie_tolerance):
+            reason = "load_guard"
+        elif chosen.cached_tokens > 0:
+            reason = "affinity"
+        else:
+            reason = "cold"
+        self.cost.note_routed(chosen, context.blocks)
+        return Ranking(ordered, reason, chosen.cached_tokens, [estimates[r.name] for r in ordered])
+
+    def _cheapest_first(
+        self, replicas: list[Replica], estimates: dict[str, Estimate], context: RouteContext
+    ) -> list[Replica]:
+        """By estimate; those within the tie tolerance of the best come first, in rendezvous order."""
+        if not replicas:
+            return []
+        by_cost = sorted(replicas, key=lambda r: estimates[r.name].ttft_s)
+        limit = estimates[by_cost[0].name].ttft_s * (1 + self.settings.tie_tolerance)
+        tied = [r for r in by_cost if estimates[r.name].ttft_s <= limit]
+        rest = [r for r in by_cost if estimates[r.name].ttft_s > limit]
+        return rendezvous_order(tied, context.prefix_key) + rest

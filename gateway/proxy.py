@@ -1,0 +1,239 @@
+"""Forwarding a routed request to a replica, and its response back to the client.
+
+Nothing is sent to the client before the replica's first byte of body has arrived, so any failure up
+to then (connect error, timeout, a 5xx, a replica draining) is retried on the next replica of the
+ranking. After that the response streams through event by event; if the replica fails mid-stream the
+client gets an SSE error event and the end marker, as vLLM itself ends a broken stream. A client that
+disconnects cancels the relay, which closes the upstream request so the engine aborts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from gateway.errors import APIError
+from gateway.health import ReplicaMonitor
+from gateway.metrics import GatewayMetrics
+from gateway.request import InferenceRequest
+from gateway.router import Decision, Dispatch, Router
+from gateway.sse import SSERelay, cached_tokens
+
+log = logging.getLogger("kvgate.proxy")
+
+_FORWARDED_RESPONSE_HEADERS = ("content-type", "x-request-id")
+
+
+class _RetryableFailure(Exception):
+    def __init__(self, kind: str, detail: str, response: Response | None = None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.response = response
+
+
+class Proxy:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        router: Router,
+        monitor: ReplicaMonitor,
+        metrics: GatewayMetrics,
+        max_retries: int,
+        upstream_api_key: str | None = None,
+    ) -> None:
+        self.client = client
+        self.router = router
+        self.monitor = monitor
+        self.metrics = metrics
+        self.max_retries = max_retries
+        self.upstream_api_key = upstream_api_key
+
+    async def forward(
+        self,
+        path: str,
+        request: InferenceRequest,
+        decision: Decision,
+        arrived: float,
+        headers: dict[str, str],
+    ) -> Response:
+        body = request.upstream_body()
+        upstream_headers = self._upstream_headers(headers)
+        attempts = decision.ranking.replicas[: 1 + self.max_retries]
+        last_failure: _RetryableFailure | None = None
+        for attempt, replica in enumerate(attempts):
+            dispatch = await self.router.dispatch(decision, replica, attempt)
+            try:
+                response = await self._attempt(
+                    path, body, upstream_headers, request, decision, dispatch, arrived
+                )
+            except _RetryableFailure as failure:
+                dispatch.close()
+                self.metrics.upstream_errors.labels(replica.name, failure.kind).inc()
+                self.monitor.report_failure(replica, failure.kind)
+                log.warning(
+                    "attempt %d on %s failed (%s): %s", attempt + 1, replica.name, failure.kind, failure
+                )
+                last_failure = failure
+                continue
+            self.monitor.report_success(replica)
+            self.metrics.responses.labels(decision.model, str(response.status_code)).inc()
+            return response
+        if last_failure is not None and last_failure.response is not None:
+            self.metrics.responses.labels(decision.model, str(last_failure.response.status_code)).inc()
+            return last_failure.response
+        self.metrics.responses.labels(decision.model, "502").inc()
+        detail = f"{last_failure.kind}: {last_failure}" if last_failure else "no replica to try"
+        raise APIError(502, f"No replica could serve the request ({len(attempts)} tried; last: {detail}).")
+
+    def _upstream_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        forwarded = {"content-type": "application/json"}
+        if self.upstream_api_key:
+            forwarded["authorization"] = f"Bearer {self.upstream_api_key}"
+        for name in ("x-request-id", "traceparent"):
+            if name in headers:
+                forwarded[name] = headers[name]
+        return forwarded
+
+    async def _attempt(
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        request: InferenceRequest,
+        decision: Decision,
+        dispatch: Dispatch,
+        arrived: float,
+    ) -> Response:
+        replica = dispatch.replica
+        upstream_request = self.client.build_request(
+            "POST", replica.url + path, content=body, headers=headers
+        )
+        try:
+            upstream = await self.client.send(upstream_request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise _RetryableFailure("timeout", str(exc) or "timed out") from None
+        except httpx.HTTPError as exc:
+            raise _RetryableFailure("connect", str(exc) or type(exc).__name__) from None
+
+        try:
+            if upstream.status_code >= 500:
+                content = await upstream.aread()
+                raise _RetryableFailure(
+                    f"status_{upstream.status_code}",
+                    content[:200].decode(errors="replace"),
+                    Response(content, upstream.status_code, headers=_response_headers(upstream)),
+                )
+            if not request.stream or upstream.status_code != 200:
+                content = await upstream.aread()
+        except httpx.HTTPError as exc:
+            await upstream.aclose()
+            raise _RetryableFailure("read", str(exc) or type(exc).__name__) from None
+        except _RetryableFailure:
+            await upstream.aclose()
+            raise
+
+        if not request.stream or upstream.status_code != 200:
+            dispatch.close()
+            now = time.monotonic()
+            if upstream.status_code == 200:
+                self._record_first_token(decision, dispatch, now - arrived)
+                self._record_usage(decision, dispatch, _usage_of(content))
+                self._latency(decision, dispatch).observe(now - arrived)
+            return Response(content, upstream.status_code, headers=_response_headers(upstream))
+
+        chunks = upstream.aiter_raw()
+        try:
+            first = await anext(chunks)
+        except (httpx.HTTPError, StopAsyncIteration) as exc:
+            await upstream.aclose()
+            raise _RetryableFailure("read", str(exc) or "stream ended before its first byte") from None
+        relay = SSERelay(strip_usage=not request.client_wants_usage)
+        return StreamingResponse(
+            self._relay(first, chunks, upstream, relay, decision, dispatch, arrived),
+            status_code=200,
+            headers=_response_headers(upstream),
+        )
+
+    async def _relay(
+        self,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        upstream: httpx.Response,
+        relay: SSERelay,
+        decision: Decision,
+        dispatch: Dispatch,
+        arrived: float,
+    ) -> AsyncIterator[bytes]:
+        itl = self.metrics.itl.labels(decision.model, dispatch.replica.name)
+        last_event_at = 0.0
+        try:
+            data = first
+            while True:
+                out = relay.feed(data)
+                if out:
+                    now = time.monotonic()
+                    if last_event_at == 0.0:
+                        self._record_first_token(decision, dispatch, now - arrived)
+                    else:
+                        itl.observe(now - last_event_at)
+                    last_event_at = now
+                    yield out
+                try:
+                    data = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+            tail = relay.flush()
+            if tail:
+                yield tail
+            self._latency(decision, dispatch).observe(time.monotonic() - arrived)
+            self._record_usage(decision, dispatch, relay.usage)
+        except httpx.HTTPError as exc:
+            self.metrics.upstream_errors.labels(dispatch.replica.name, "midstream").inc()
+            self.monitor.report_failure(dispatch.replica, "midstream")
+            log.warning("replica %s failed mid-stream: %s", dispatch.replica.name, exc)
+            yield APIError(502, f"The replica serving this stream failed: {type(exc).__name__}").sse()
+        finally:
+            dispatch.close()
+            await upstream.aclose()
+
+    def _record_first_token(self, decision: Decision, dispatch: Dispatch, ttft_s: float) -> None:
+        self.metrics.ttft.labels(decision.model, dispatch.replica.name).observe(ttft_s)
+        self.router.observe_first_token(dispatch, ttft_s)
+
+    def _latency(self, decision: Decision, dispatch: Dispatch):
+        return self.metrics.e2e.labels(decision.model, dispatch.replica.name)
+
+    def _record_usage(self, decision: Decision, dispatch: Dispatch, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        replica = dispatch.replica.name
+        prompt = usage.get("prompt_tokens")
+        if isinstance(prompt, int):
+            self.metrics.prompt_tokens.labels(decision.model, replica).inc(prompt)
+        cached = cached_tokens(usage)
+        if cached is None:
+            return
+        self.metrics.cached_tokens.labels(decision.model, replica).inc(cached)
+        self.metrics.predicted_cached_tokens.labels(decision.model, replica).inc(dispatch.cached_tokens)
+        self.metrics.prediction_error_tokens.labels(decision.model, replica).inc(
+            abs(dispatch.cached_tokens - cached)
+        )
+
+
+def _usage_of(content: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _response_headers(upstream: httpx.Response) -> dict[str, str]:
+    return {name: upstream.headers[name] for name in _FORWARDED_RESPONSE_HEADERS if name in upstream.headers}

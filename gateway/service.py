@@ -1,0 +1,141 @@
+"""The assembled gateway: configuration in, replicas, index, policy, router, proxy and monitor out."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from gateway.blocks import ByteBlockHasher
+from gateway.config import GatewayConfig, replica_capacity_tokens
+from gateway.errors import APIError, bad_request
+from gateway.health import CacheGeometry, ReplicaMonitor
+from gateway.index.base import PrefixIndex, TierCapacity
+from gateway.index.embedded import EmbeddedIndex
+from gateway.metrics import GatewayMetrics
+from gateway.policies import AffinitySettings, make_policy
+from gateway.profiles import get_profile
+from gateway.proxy import Proxy
+from gateway.replicas import Replica, ReplicaSet
+from gateway.router import Router
+
+log = logging.getLogger("kvgate")
+
+
+class GatewayService:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.profile = get_profile(config.profile).scaled(config.tensor_parallel)
+        routing = config.routing
+        self.hasher = ByteBlockHasher(routing.block_bytes, routing.max_blocks)
+        self.metrics = GatewayMetrics()
+        self.replicas = ReplicaSet()
+        self._configured_tokens: dict[str, dict[str, int | None]] = {}
+        for entry in config.replicas:
+            replica = self.replicas.add(
+                Replica(
+                    url=entry.url,
+                    name=entry.name or "",
+                    models=set(entry.models),
+                    kv_events_endpoint=entry.kv_events,
+                )
+            )
+            self._configured_tokens[replica.name] = replica_capacity_tokens(
+                entry, self.profile.kv_bytes_per_token
+            )
+        self.index: PrefixIndex = self._make_index()
+        for replica in self.replicas:
+            self.index.set_capacity(replica.name, self._capacity(replica.name, None))
+        self.policy = make_policy(
+            config.policy,
+            self.profile,
+            AffinitySettings(
+                guard_factor=routing.guard_factor,
+                guard_min_outstanding=routing.guard_min_outstanding,
+                guard_kv_usage=routing.guard_kv_usage,
+                tie_tolerance=routing.tie_tolerance,
+                engine_token_budget=routing.engine_token_budget,
+            ),
+        )
+        upstream = config.upstream
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(upstream.read_timeout_s, connect=upstream.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=upstream.max_connections, max_keepalive_connections=upstream.max_connections
+            ),
+        )
+        self.router = Router(self.replicas, self.index, self.policy, self.hasher, self.profile, self.metrics)
+        self.monitor = ReplicaMonitor(
+            self.replicas, self.client, config.health, on_geometry=self._learn_geometry
+        )
+        self.proxy = Proxy(
+            self.client, self.router, self.monitor, self.metrics, upstream.max_retries, upstream.api_key
+        )
+        self.metrics.register_replicas(self.replicas)
+        self.metrics.index_collector(self.index.block_counts, getattr(self.index, "evictions", dict))
+        self.shutting_down = False
+
+    def _make_index(self) -> PrefixIndex:
+        backend = self.config.index.backend
+        default = TierCapacity(hbm=self._blocks(self.config.routing.default_hbm_tokens))
+        if backend == "embedded":
+            return EmbeddedIndex(default)
+        raise ValueError(f"index backend {backend!r} is not available")
+
+    def _blocks(self, tokens: float) -> int:
+        return int(tokens / self.hasher.tokens_per_block)
+
+    def _capacity(self, replica: str, geometry: CacheGeometry | None) -> TierCapacity:
+        configured = self._configured_tokens.get(replica, {})
+        learned_hbm = geometry.gpu_blocks * geometry.block_size if geometry else None
+        learned_dram = geometry.cpu_blocks * geometry.block_size if geometry else None
+        hbm = configured.get("hbm") or learned_hbm or self.config.routing.default_hbm_tokens
+        dram = configured.get("dram") if configured.get("dram") is not None else learned_dram or 0
+        storage = configured.get("storage") or 0
+        return TierCapacity(self._blocks(hbm), self._blocks(dram), self._blocks(storage))
+
+    def _learn_geometry(self, replica: Replica, geometry: CacheGeometry) -> None:
+        capacity = self._capacity(replica.name, geometry)
+        log.info(
+            "replica %s: %d-token blocks, %d GPU blocks -> index capacity %s",
+            replica.name,
+            geometry.block_size,
+            geometry.gpu_blocks,
+            capacity,
+        )
+        self.index.set_capacity(replica.name, capacity)
+
+    async def start(self) -> None:
+        await self.monitor.start()
+        models = sorted(self.replicas.models()) or "(no models yet)"
+        log.info("routing %s over %d replicas with policy %s", models, len(self.replicas), self.policy.name)
+
+    async def stop(self) -> None:
+        await self.monitor.stop()
+        await self.client.aclose()
+        await self.index.close()
+
+    def resolve_model(self, requested: str | None) -> str:
+        served = self.replicas.models()
+        if requested is None:
+            if len(served) == 1:
+                return next(iter(served))
+            raise bad_request("'model' is required: this gateway serves several models", "model")
+        if requested not in served:
+            raise APIError(404, f"The model `{requested}` does not exist.", "model")
+        return requested
+
+    def model_cards(self) -> list[dict]:
+        cards: dict[str, dict] = {}
+        for replica in self.replicas:
+            for model in sorted(replica.models):
+                card = replica.model_cards.get(model) or {
+                    "id": model,
+                    "object": "model",
+                    "owned_by": "kvgate",
+                }
+                cards.setdefault(model, card)
+        return [cards[name] for name in sorted(cards)]
+
+    def ready(self) -> bool:
+        return not self.shutting_down and any(replica.routable for replica in self.replicas)

@@ -1,0 +1,149 @@
+from collections import Counter
+
+import pytest
+
+from gateway.blocks import PromptBlocks
+from gateway.index.base import PrefixMatch
+from gateway.policies import AffinityPolicy, AffinitySettings, RouteContext, make_policy
+from gateway.policies.cost import SCALE_MEMORY_S
+from gateway.profiles import get_profile
+from gateway.replicas import Replica
+
+PROFILE = get_profile("h100-llama3-8b")
+
+
+def fleet(n: int = 4) -> list[Replica]:
+    return [Replica(url=f"http://10.0.0.{i}:8000", models={"m"}) for i in range(n)]
+
+
+def context(replicas, matches=None, prompt_blocks=1000, session=None, key=12345) -> RouteContext:
+    blocks = PromptBlocks(
+        hashes=list(range(prompt_blocks)), tokens_per_block=16.0, prompt_tokens=prompt_blocks * 16
+    )
+    return RouteContext("m", blocks, replicas, matches or {}, session, key)
+
+
+def test_round_robin_rotates_through_every_replica():
+    replicas = fleet()
+    policy = make_policy("round_robin", PROFILE)
+    firsts = [policy.rank(context(replicas)).replicas[0].name for _ in range(8)]
+    assert firsts[:4] == [r.name for r in replicas] and firsts[4:] == firsts[:4]
+
+
+def test_random_reaches_every_replica():
+    replicas = fleet()
+    policy = make_policy("random", PROFILE)
+    assert {policy.rank(context(replicas)).replicas[0].name for _ in range(200)} == {r.name for r in replicas}
+
+
+def test_least_loaded_prefers_the_fewest_outstanding_by_either_count():
+    replicas = fleet()
+    replicas[0].load.inflight = 5
+    replicas[1].scraped.waiting = 3
+    replicas[2].load.inflight = 1
+    replicas[3].load.inflight = 2
+    ranking = make_policy("least_loaded", PROFILE).rank(context(replicas))
+    assert [r.name for r in ranking.replicas] == [replicas[i].name for i in (2, 3, 1, 0)]
+
+
+def test_consistent_hash_keeps_a_session_and_moves_only_a_lost_replicas_sessions():
+    replicas = fleet(5)
+    policy = make_policy("consistent_hash", PROFILE)
+    sessions = [f"s{i}" for i in range(300)]
+    before = {s: policy.rank(context(replicas, session=s)).replicas[0].name for s in sessions}
+    assert before == {s: policy.rank(context(replicas, session=s)).replicas[0].name for s in sessions}
+    assert len(set(before.values())) == 5
+    lost = replicas[0].name
+    after = {s: policy.rank(context(replicas[1:], session=s)).replicas[0].name for s in sessions}
+    assert all(after[s] == before[s] for s in sessions if before[s] != lost)
+
+
+def test_affinity_sends_a_prompt_to_the_replica_holding_most_of_it():
+    replicas = fleet()
+    matches = {replicas[2].name: PrefixMatch(hbm=900), replicas[1].name: PrefixMatch(hbm=100)}
+    ranking = AffinityPolicy(PROFILE).rank(context(replicas, matches))
+    assert ranking.replicas[0] is replicas[2]
+    assert ranking.reason == "affinity"
+    assert ranking.predicted_cached_tokens == 900 * 16
+    assert ranking.replicas[1] is replicas[1]  # retries go to the next best holder
+
+
+def test_affinity_prices_tiers_hbm_before_dram_before_a_miss():
+    replicas = fleet(3)
+    matches = {replicas[0].name: PrefixMatch(dram=900), replicas[1].name: PrefixMatch(hbm=900)}
+    ranking = AffinityPolicy(PROFILE).rank(context(replicas, matches))
+    assert [r.name for r in ranking.replicas] == [replicas[i].name for i in (1, 0, 2)]
+    costs = {e.replica: e for e in ranking.estimates}
+    assert costs[replicas[0].name].fetch_s > 0 == costs[replicas[1].name].fetch_s
+    assert costs[replicas[0].name].ttft_s < costs[replicas[2].name].ttft_s / 3
+
+
+def test_affinity_cold_prompt_goes_to_the_least_queued_replica():
+    replicas = fleet(3)
+    replicas[0].load.queued_prefill_seconds = 2.0
+    replicas[1].load.queued_prefill_seconds = 0.5
+    replicas[2].load.queued_prefill_seconds = 1.0
+    ranking = AffinityPolicy(PROFILE).rank(context(replicas))
+    assert ranking.reason == "cold" and ranking.replicas[0] is replicas[1]
+
+
+def test_affinity_leaves_a_holder_with_a_long_queue_for_a_small_prompt():
+    replicas = fleet(2)
+    replicas[0].load.queued_prefill_seconds = 3.0  # a deep queue of prefills already sent there
+    matches = {replicas[0].name: PrefixMatch(hbm=100)}
+    ranking = AffinityPolicy(PROFILE).rank(context(replicas, matches, prompt_blocks=110))
+    assert ranking.replicas[0] is replicas[1]
+
+
+def test_load_guard_spreads_a_hot_prefix_to_a_second_replica():
+    replicas = fleet(4)
+    hot = replicas[0]
+    hot.load.inflight = 20
+    for other in replicas[1:]:
+        other.load.inflight = 2
+    matches = {hot.name: PrefixMatch(hbm=1000)}
+    ranking = AffinityPolicy(PROFILE, AffinitySettings(guard_factor=1.5, guard_min_outstanding=8)).rank(
+        context(replicas, matches)
+    )
+    assert ranking.replicas[0] is not hot
+    assert ranking.reason == "load_guard"
+    assert ranking.replicas[-1] is hot  # still there, last, for retries
+
+
+def test_kv_cache_nearly_full_guards_a_replica():
+    replicas = fleet(2)
+    replicas[0].scraped.kv_usage = 0.99
+    matches = {replicas[0].name: PrefixMatch(hbm=1000)}
+    assert AffinityPolicy(PROFILE).rank(context(replicas, matches)).replicas[0] is replicas[1]
+
+
+def test_ties_break_by_rendezvous_so_independent_gateways_agree():
+    replicas = fleet(6)
+    choices = Counter()
+    for key in range(200):
+        one = AffinityPolicy(PROFILE).rank(context(replicas, key=key)).replicas[0].name
+        two = AffinityPolicy(PROFILE).rank(context(list(reversed(replicas)), key=key)).replicas[0].name
+        assert one == two
+        choices[one] += 1
+    assert len(choices) == 6 and max(choices.values()) < 80
+
+
+def test_a_replica_observed_slower_than_its_profile_loses_traffic_then_recovers():
+    replicas = fleet(2)
+    policy = AffinityPolicy(PROFILE)
+    slow, fast = replicas
+    for _ in range(20):
+        policy.cost.observe(slow.name, 1.0, 4.0, now=0.0)
+        policy.cost.observe(fast.name, 1.0, 1.0, now=0.0)
+    matches = {slow.name: PrefixMatch(hbm=300)}  # the slow one holds part of the prompt
+    estimates = {e.replica: e for e in policy.rank(context(replicas, matches)).estimates}
+    assert policy.cost.scale(slow.name, now=0.0) == pytest.approx(4.0, rel=0.05)
+    assert policy.cost.scale(slow.name, now=10 * SCALE_MEMORY_S) == pytest.approx(
+        policy.cost.pool_scale, rel=0.01
+    )
+    assert estimates[slow.name].unscaled_s < estimates[fast.name].unscaled_s
+
+
+def test_unknown_policy_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("best", PROFILE)
