@@ -64,8 +64,36 @@ class RoutingConfig(_Section):
     default_hbm_tokens: int = Field(default=450_000, gt=0)
 
 
+class RedisConfig(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    password_file: str | None = Field(
+        default=None, description="File holding the password (a mounted Secret)."
+    )
+    sentinels: list[str] = Field(
+        default_factory=list, description="host:port of Sentinels; empty: no Sentinel."
+    )
+    sentinel_service: str = "mymaster"
+    cluster: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    key_prefix: str = "kvg"
+    stride: int = Field(default=16, ge=1, le=4096)
+    ttl_s: int = Field(default=3600, ge=1)
+    lookup_timeout_s: float = Field(default=0.05, gt=0)
+    max_pending_writes: int = Field(default=10_000, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
 class IndexConfig(_Section):
-    backend: str = Field(default="embedded", description="'embedded' or a redis:// / rediss:// URL.")
+    backend: Literal["embedded", "redis"] = "embedded"
+    redis: RedisConfig = Field(default_factory=RedisConfig)
 
 
 class UpstreamConfig(_Section):

@@ -93,7 +93,7 @@ class Router:
             raise APIError(503, f"No healthy replica is serving model '{model}' right now; retry later.")
         blocks = self.hasher.blocks(request, model)
         try:
-            matches = await self.index.match(blocks.hashes, [r.name for r in candidates])
+            matches = await self.index.match(model, blocks.hashes, [r.name for r in candidates])
         except Exception as exc:  # the index is an optimisation: route on without it
             self.metrics.index_errors.labels("match").inc()
             log.warning("index lookup failed, routing without it: %s", exc)
@@ -118,7 +118,7 @@ class Router:
         predicted = estimate.unscaled_s if estimate else replica.load.queued_prefill_seconds + prefill_s
         dispatch = Dispatch(replica, cached, new, prefill_s, predicted)
         try:
-            await self.index.record(replica.name, blocks.hashes)
+            await self.index.record(decision.model, replica.name, blocks.hashes)
         except Exception as exc:
             self.metrics.index_errors.labels("record").inc()
             log.warning("index update failed: %s", exc)

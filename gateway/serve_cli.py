@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--replica", action="append", default=[], metavar="URL", help="a replica's base URL (repeatable)"
     )
     parser.add_argument("--replicas", metavar="URLS", help="comma-separated replica base URLs")
-    parser.add_argument("--index", metavar="BACKEND", help="'embedded' (default) or a redis:// URL")
+    parser.add_argument(
+        "--index", metavar="BACKEND", help="'embedded' (default), 'redis', or a redis:// / rediss:// URL"
+    )
     parser.add_argument("--admin-token", help="token for /debug endpoints (better: KVGATE_ADMIN_TOKEN)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, dotted (repeatable)"
@@ -43,7 +45,11 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     if urls:
         overrides["replicas"] = urls
     if args.index:
-        overrides["index.backend"] = args.index
+        if args.index.startswith(("redis://", "rediss://", "unix://")):
+            overrides["index.backend"] = "redis"
+            overrides["index.redis.url"] = args.index
+        else:
+            overrides["index.backend"] = args.index
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:

@@ -12,6 +12,9 @@ from gateway.errors import APIError, bad_request
 from gateway.health import CacheGeometry, ReplicaMonitor
 from gateway.index.base import PrefixIndex, TierCapacity
 from gateway.index.embedded import EmbeddedIndex
+from gateway.index.redis_connect import make_redis_client
+from gateway.index.redis_store import RedisPrefixStore
+from gateway.index.shared import SharedIndex
 from gateway.metrics import GatewayMetrics
 from gateway.policies import AffinitySettings, make_policy
 from gateway.profiles import get_profile
@@ -76,11 +79,16 @@ class GatewayService:
         self.shutting_down = False
 
     def _make_index(self) -> PrefixIndex:
-        backend = self.config.index.backend
         default = TierCapacity(hbm=self._blocks(self.config.routing.default_hbm_tokens))
-        if backend == "embedded":
+        if self.config.index.backend == "embedded":
             return EmbeddedIndex(default)
-        raise ValueError(f"index backend {backend!r} is not available")
+        settings = self.config.index.redis
+        store = RedisPrefixStore(
+            make_redis_client(settings), settings.key_prefix, settings.stride, settings.ttl_s
+        )
+        return SharedIndex(
+            store, default, self.metrics.registry, settings.lookup_timeout_s, settings.max_pending_writes
+        )
 
     def _blocks(self, tokens: float) -> int:
         return int(tokens / self.hasher.tokens_per_block)

@@ -50,11 +50,13 @@ NO_MATCH = PrefixMatch()
 
 
 class PrefixIndex(Protocol):
-    async def match(self, hashes: Sequence[int], replicas: Iterable[str]) -> dict[str, PrefixMatch]:
+    async def match(
+        self, model: str, hashes: Sequence[int], replicas: Iterable[str]
+    ) -> dict[str, PrefixMatch]:
         """Each replica's leading run of `hashes` (replicas that hold none of it may be left out)."""
         ...
 
-    async def record(self, replica: str, hashes: Sequence[int]) -> None:
+    async def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
         """`replica` was sent a prompt with these blocks: it will hold them in HBM, most recently used."""
         ...
 

@@ -1,4 +1,8 @@
-"""The default index: one bounded cache model per replica, in the gateway's own process."""
+"""The default index: one bounded cache model per replica, in the gateway's own process.
+
+Hashes are seeded by the model, so one model per replica serves all the models a replica serves, as
+one engine's cache does.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ class EmbeddedIndex:
             model = self._replicas[replica] = ReplicaCacheModel(self.default_capacity)
         return model
 
-    async def match(self, hashes: Sequence[int], replicas: Iterable[str]) -> dict[str, PrefixMatch]:
+    async def match(
+        self, model: str, hashes: Sequence[int], replicas: Iterable[str]
+    ) -> dict[str, PrefixMatch]:
         found: dict[str, PrefixMatch] = {}
         for replica in replicas:
             model = self._replicas.get(replica)
@@ -30,7 +36,7 @@ class EmbeddedIndex:
                     found[replica] = match
         return found
 
-    async def record(self, replica: str, hashes: Sequence[int]) -> None:
+    async def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
         self._model(replica).touch(hashes)
 
     async def forget_replica(self, replica: str) -> None:

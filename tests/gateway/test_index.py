@@ -100,11 +100,11 @@ def test_memory_stays_bounded_under_a_random_workload():
 async def test_embedded_index_matches_per_replica_and_forgets_a_replica():
     index = EmbeddedIndex(TierCapacity(hbm=1000))
     prompt = chain(1, 50)
-    await index.record("a", prompt)
-    await index.record("b", prompt[:20])
-    found = await index.match(prompt, ["a", "b", "c"])
+    await index.record("m", "a", prompt)
+    await index.record("m", "b", prompt[:20])
+    found = await index.match("m", prompt, ["a", "b", "c"])
     assert found == {"a": PrefixMatch(hbm=50), "b": PrefixMatch(hbm=20)}
     await index.forget_replica("a")
-    assert await index.match(prompt, ["a", "b"]) == {"b": PrefixMatch(hbm=20)}
+    assert await index.match("m", prompt, ["a", "b"]) == {"b": PrefixMatch(hbm=20)}
     index.set_capacity("b", TierCapacity(hbm=10))
     assert index.block_counts()["b"][Tier.HBM] <= 10
