@@ -21,6 +21,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -132,7 +147,7 @@ def cluster_setup(directory: Path, masters: int = 3) -> Iterator[list[RedisProce
         "--cluster-node-timeout",
         "2000",
     ]
-    nodes = [RedisProcess(directory / f"node{i}", free_port(), options) for i in range(masters)]
+    nodes = [RedisProcess(directory / f"node{i}", free_cluster_port(), options) for i in range(masters)]
     try:
         for node in nodes:
             node.start()
