@@ -18,7 +18,8 @@ from typing import Protocol
 
 import xxhash
 
-from gateway.request import InferenceRequest
+from gateway.request import InferenceRequest, completion_prompt
+from gateway.tokenizer import token_bytes
 
 _hash = xxhash.xxh3_64_intdigest
 
@@ -76,4 +77,37 @@ class ByteBlockHasher:
             hashes=chain_hashes(data, self.block_bytes, seed, self.max_blocks),
             tokens_per_block=self.tokens_per_block,
             prompt_tokens=max(1, round(len(data) / BYTES_PER_TOKEN_ESTIMATE)),
+        )
+
+
+class TokenBlockHasher:
+    """Precise mode's unit: the engine's own blocks of `block_size` tokens, hashed as the precise index
+    re-hashes the engine's `BlockStored` token ids, so a request's hashes meet the engine's reports.
+
+    Requests are tokenized as the engine tokenizes them: chat messages rendered by `render` (the
+    simulator's ChatML, or the model's Jinja chat template), then `tokenizer`.
+    """
+
+    def __init__(self, tokenizer, render, block_size: int = 16, max_blocks: int = 8192) -> None:
+        self.tokenizer = tokenizer
+        self.render = render
+        self.block_size = block_size
+        self.max_blocks = max_blocks
+        self.tokens_per_block = float(block_size)
+
+    def token_ids(self, request: InferenceRequest) -> list[int]:
+        body = request.body
+        if request.kind == "chat":
+            return self.tokenizer.encode(self.render(body["messages"], body.get("tools")))
+        prompt = completion_prompt(body)
+        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+
+    def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks:
+        ids = self.token_ids(request)
+        data = token_bytes(ids)
+        seed = chain_seed(model, request.cache_salt, "")
+        return PromptBlocks(
+            hashes=chain_hashes(data, self.block_size * 4, seed, self.max_blocks),
+            tokens_per_block=self.tokens_per_block,
+            prompt_tokens=max(1, len(ids)),
         )

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import orjson
 
 from gateway.chat_template import render_chat
 from gateway.errors import APIError, bad_request
+from gateway.tokenizer import token_bytes
 
 Kind = Literal["chat", "completion"]
 
@@ -59,17 +59,21 @@ class InferenceRequest:
         return orjson.dumps(body)
 
 
+def completion_prompt(body: dict[str, Any]) -> str | list[int]:
+    """A completions request's prompt as text or token ids; a batch of prompts routes by its first."""
+    prompt = body["prompt"]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list | str):
+        prompt = prompt[0]
+    return prompt
+
+
 def _render_prompt(kind: Kind, body: dict[str, Any]) -> bytes:
     if kind == "chat":
         return render_chat(body["messages"], body.get("tools")).encode()
-    prompt = body["prompt"]
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-        prompt = prompt[0]  # a batch of prompts routes by its first
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-        prompt = prompt[0]
+    prompt = completion_prompt(body)
     if isinstance(prompt, str):
         return prompt.encode()
-    return np.asarray(prompt, dtype="<u4").tobytes()
+    return token_bytes(prompt)
 
 
 def _optional(body: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:

@@ -66,6 +66,11 @@ class HFTokenizer:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
+def token_bytes(token_ids: Sequence[int]) -> bytes:
+    """Token ids as the prefix hashes see them: 4 little-endian bytes each, so 16 tokens are 64 bytes."""
+    return np.asarray(token_ids, dtype="<u4").tobytes()
+
+
 def load_tokenizer(path: str | None) -> Tokenizer:
     """The Hugging Face tokenizer at `path`, or the built-in one when no path is given."""
     return HFTokenizer(path) if path else ByteTokenizer()

@@ -1,0 +1,1 @@
+"""Precise mode: what each replica's cache holds, from the engines' own KV cache events."""
