@@ -13,13 +13,15 @@ to slice. Only the first `max_blocks` blocks are hashed, so a 1M-token prompt co
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import xxhash
 
+from gateway.chat_template import ChatRenderer
 from gateway.request import InferenceRequest, completion_prompt
-from gateway.tokenizer import token_bytes
+from gateway.tokenizer import Tokenizer, token_bytes
 
 _hash = xxhash.xxh3_64_intdigest
 
@@ -40,7 +42,9 @@ class PromptBlocks:
 
 
 class BlockHasher(Protocol):
-    def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks: ...
+    tokens_per_block: float
+
+    async def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks: ...
 
 
 def chain_seed(model: str, cache_salt: str | None, tenant: str) -> int:
@@ -70,7 +74,7 @@ class ByteBlockHasher:
         self.max_blocks = max_blocks
         self.tokens_per_block = block_bytes / BYTES_PER_TOKEN_ESTIMATE
 
-    def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks:
+    async def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks:
         data = request.prompt_bytes()
         seed = chain_seed(model, request.cache_salt, request.tenant)
         return PromptBlocks(
@@ -84,30 +88,36 @@ class TokenBlockHasher:
     """Precise mode's unit: the engine's own blocks of `block_size` tokens, hashed as the precise index
     re-hashes the engine's `BlockStored` token ids, so a request's hashes meet the engine's reports.
 
-    Requests are tokenized as the engine tokenizes them: chat messages rendered by `render` (the
-    simulator's ChatML, or the model's Jinja chat template), then `tokenizer`.
+    Requests are tokenized as the engine tokenizes them, by `tokenize(request, model)`: locally (chat
+    rendered by the simulator's ChatML or the model's Jinja chat template, then the tokenizer) or by a
+    replica's own `/tokenize`.
     """
 
-    def __init__(self, tokenizer, render, block_size: int = 16, max_blocks: int = 8192) -> None:
-        self.tokenizer = tokenizer
-        self.render = render
+    def __init__(self, tokenize: Tokenize, block_size: int = 16, max_blocks: int = 8192) -> None:
+        self.tokenize = tokenize
         self.block_size = block_size
         self.max_blocks = max_blocks
         self.tokens_per_block = float(block_size)
 
-    def token_ids(self, request: InferenceRequest) -> list[int]:
-        body = request.body
-        if request.kind == "chat":
-            return self.tokenizer.encode(self.render(body["messages"], body.get("tools")))
-        prompt = completion_prompt(body)
-        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-
-    def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks:
-        ids = self.token_ids(request)
-        data = token_bytes(ids)
+    async def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks:
+        ids = await self.tokenize(request, model)
         seed = chain_seed(model, request.cache_salt, "")
         return PromptBlocks(
-            hashes=chain_hashes(data, self.block_size * 4, seed, self.max_blocks),
+            hashes=chain_hashes(token_bytes(ids), self.block_size * 4, seed, self.max_blocks),
             tokens_per_block=self.tokens_per_block,
             prompt_tokens=max(1, len(ids)),
         )
+
+
+Tokenize = Callable[[InferenceRequest, str], Awaitable[Sequence[int]]]
+
+
+def local_tokenize(tokenizer: Tokenizer, render: ChatRenderer) -> Tokenize:
+    async def tokenize(request: InferenceRequest, model: str) -> Sequence[int]:
+        body = request.body
+        if request.kind == "chat":
+            return tokenizer.encode(render(body["messages"], body.get("tools")))
+        prompt = completion_prompt(body)
+        return tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+
+    return tokenize

@@ -27,7 +27,9 @@ that starts with the previous turn's prompt.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -95,3 +97,50 @@ def render_chat(
     if add_generation_prompt:
         parts.append(f"{IM_START}assistant\n")
     return "".join(parts)
+
+
+ChatRenderer = Callable[[list[Any], list[Any] | None], str]
+
+
+def load_chat_template(source: str | None) -> ChatRenderer:
+    """The renderer for `source`: None or 'chatml' for the template above, else the path of a Jinja
+    template, or of a Hugging Face `tokenizer_config.json` whose `chat_template` is used (with its
+    `bos_token` and `eos_token`), rendered as transformers renders it.
+    """
+    if source in (None, "", "chatml"):
+        return render_chat
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    path = Path(source)
+    text = path.read_text()
+    variables: dict[str, Any] = {}
+    if path.suffix == ".json":
+        config = json.loads(text)
+        template = config.get("chat_template")
+        if isinstance(template, list):
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        if not isinstance(template, str):
+            raise ValueError(f"{source} has no chat_template")
+        text = template
+        variables = {key: _token_text(config.get(key)) for key in ("bos_token", "eos_token")}
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    environment.filters["tojson"] = lambda value, indent=None: json.dumps(
+        value, ensure_ascii=False, indent=indent
+    )
+    environment.globals["raise_exception"] = raise_exception
+    compiled = environment.from_string(text)
+
+    def render(messages: list[Any], tools: list[Any] | None = None) -> str:
+        return compiled.render(messages=messages, tools=tools, add_generation_prompt=True, **variables)
+
+    return render
+
+
+def _token_text(token: Any) -> str:
+    if isinstance(token, dict):
+        return str(token.get("content", ""))
+    return "" if token is None else str(token)

@@ -43,7 +43,10 @@ class ReplicaConfig(_Section):
     hbm_gib: float | None = Field(default=None, ge=0)
     dram_gib: float | None = Field(default=None, ge=0)
     storage_gib: float | None = Field(default=None, ge=0)
-    kv_events: str | None = Field(default=None, description="The replica's ZMQ KV-events endpoint.")
+    kv_events: str | None = Field(
+        default=None, description="The replica's KV events publisher, tcp://host:port."
+    )
+    kv_events_replay: str | None = Field(default=None, description="Its replay endpoint, tcp://host:port.")
 
     @field_validator("url")
     @classmethod
@@ -96,6 +99,19 @@ class IndexConfig(_Section):
     redis: RedisConfig = Field(default_factory=RedisConfig)
 
 
+class PreciseConfig(_Section):
+    enabled: bool = False
+    tokenizer: str = Field(
+        default="builtin",
+        description="'builtin', 'remote' (the replica's /tokenize) or a tokenizer.json path.",
+    )
+    chat_template: str = Field(
+        default="chatml", description="'chatml' or a Jinja template / tokenizer_config.json path."
+    )
+    block_size: int = Field(default=16, gt=0, description="The engines' KV block size in tokens.")
+    speculative_ttl_s: float = Field(default=2.0, gt=0)
+
+
 class UpstreamConfig(_Section):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     read_timeout_s: float = Field(default=600.0, gt=0)
@@ -122,6 +138,7 @@ class GatewayConfig(_Section):
     replicas: list[ReplicaConfig] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    precise: PreciseConfig = Field(default_factory=PreciseConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     admin_token: str | None = None

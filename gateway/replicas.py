@@ -40,6 +40,7 @@ class Replica:
     capacity: TierCapacity | None = None
     """Configured tier capacities in engine tokens' blocks; None means learn them from the replica."""
     kv_events_endpoint: str | None = None
+    kv_events_replay_endpoint: str | None = None
     healthy: bool = True
     draining: bool = False
     consecutive_failures: int = 0

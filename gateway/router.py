@@ -91,7 +91,7 @@ class Router:
         candidates = self.replicas.routable(model)
         if not candidates:
             raise APIError(503, f"No healthy replica is serving model '{model}' right now; retry later.")
-        blocks = self.hasher.blocks(request, model)
+        blocks = await self.hasher.blocks(request, model)
         try:
             matches = await self.index.match(model, blocks.hashes, [r.name for r in candidates])
         except Exception as exc:  # the index is an optimisation: route on without it

@@ -6,7 +6,8 @@ import logging
 
 import httpx
 
-from gateway.blocks import ByteBlockHasher
+from gateway.blocks import BlockHasher, ByteBlockHasher, TokenBlockHasher, Tokenize, local_tokenize
+from gateway.chat_template import load_chat_template
 from gateway.config import GatewayConfig, replica_capacity_tokens
 from gateway.errors import APIError, bad_request
 from gateway.health import CacheGeometry, ReplicaMonitor
@@ -15,12 +16,16 @@ from gateway.index.embedded import EmbeddedIndex
 from gateway.index.redis_connect import make_redis_client
 from gateway.index.redis_store import RedisPrefixStore
 from gateway.index.shared import SharedIndex
+from gateway.kv_events.feeds import EventFeeds
+from gateway.kv_events.precise_index import PreciseIndex
+from gateway.kv_events.remote_tokenize import remote_tokenize
 from gateway.metrics import GatewayMetrics
 from gateway.policies import AffinitySettings, make_policy
 from gateway.profiles import get_profile
 from gateway.proxy import Proxy
 from gateway.replicas import Replica, ReplicaSet
 from gateway.router import Router
+from gateway.tokenizer import load_tokenizer
 
 log = logging.getLogger("kvgate")
 
@@ -29,9 +34,14 @@ class GatewayService:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.profile = get_profile(config.profile).scaled(config.tensor_parallel)
-        routing = config.routing
-        self.hasher = ByteBlockHasher(routing.block_bytes, routing.max_blocks)
         self.metrics = GatewayMetrics()
+        upstream = config.upstream
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(upstream.read_timeout_s, connect=upstream.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=upstream.max_connections, max_keepalive_connections=upstream.max_connections
+            ),
+        )
         self.replicas = ReplicaSet()
         self._configured_tokens: dict[str, dict[str, int | None]] = {}
         for entry in config.replicas:
@@ -41,14 +51,29 @@ class GatewayService:
                     name=entry.name or "",
                     models=set(entry.models),
                     kv_events_endpoint=entry.kv_events,
+                    kv_events_replay_endpoint=entry.kv_events_replay,
                 )
             )
             self._configured_tokens[replica.name] = replica_capacity_tokens(
                 entry, self.profile.kv_bytes_per_token
             )
-        self.index: PrefixIndex = self._make_index()
+
+        self.feeds: EventFeeds | None = None
+        self.hasher: BlockHasher
+        self.index: PrefixIndex
+        if config.precise.enabled:
+            precise = config.precise
+            self.hasher = TokenBlockHasher(self._tokenizer(), precise.block_size, config.routing.max_blocks)
+            precise_index = PreciseIndex(self._model_of, precise.block_size, precise.speculative_ttl_s)
+            self.feeds = EventFeeds(precise_index, self.metrics.registry)
+            self.index = precise_index
+        else:
+            self.hasher = ByteBlockHasher(config.routing.block_bytes, config.routing.max_blocks)
+            self.index = self._approximate_index()
         for replica in self.replicas:
             self.index.set_capacity(replica.name, self._capacity(replica.name, None))
+
+        routing = config.routing
         self.policy = make_policy(
             config.policy,
             self.profile,
@@ -58,13 +83,6 @@ class GatewayService:
                 guard_kv_usage=routing.guard_kv_usage,
                 tie_tolerance=routing.tie_tolerance,
                 engine_token_budget=routing.engine_token_budget,
-            ),
-        )
-        upstream = config.upstream
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(upstream.read_timeout_s, connect=upstream.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=upstream.max_connections, max_keepalive_connections=upstream.max_connections
             ),
         )
         self.router = Router(self.replicas, self.index, self.policy, self.hasher, self.profile, self.metrics)
@@ -78,7 +96,18 @@ class GatewayService:
         self.metrics.index_collector(self.index.block_counts, getattr(self.index, "evictions", dict))
         self.shutting_down = False
 
-    def _make_index(self) -> PrefixIndex:
+    def _tokenizer(self) -> Tokenize:
+        precise = self.config.precise
+        if precise.tokenizer == "remote":
+            return remote_tokenize(self.client, self.replicas)
+        path = None if precise.tokenizer == "builtin" else precise.tokenizer
+        return local_tokenize(load_tokenizer(path), load_chat_template(precise.chat_template))
+
+    def _model_of(self, replica: str) -> str:
+        found = self.replicas.get(replica)
+        return min(found.models) if found and found.models else ""
+
+    def _approximate_index(self) -> PrefixIndex:
         default = TierCapacity(hbm=self._blocks(self.config.routing.default_hbm_tokens))
         if self.config.index.backend == "embedded":
             return EmbeddedIndex(default)
@@ -112,14 +141,25 @@ class GatewayService:
             capacity,
         )
         self.index.set_capacity(replica.name, capacity)
+        if self.config.precise.enabled and geometry.block_size != self.config.precise.block_size:
+            log.error(
+                "replica %s uses %d-token blocks but precise.block_size is %d: its events will not match",
+                replica.name,
+                geometry.block_size,
+                self.config.precise.block_size,
+            )
 
     async def start(self) -> None:
         await self.monitor.start()
+        if self.feeds is not None:
+            await self.feeds.sync(self.replicas)
         models = sorted(self.replicas.models()) or "(no models yet)"
         log.info("routing %s over %d replicas with policy %s", models, len(self.replicas), self.policy.name)
 
     async def stop(self) -> None:
         await self.monitor.stop()
+        if self.feeds is not None:
+            await self.feeds.stop()
         await self.client.aclose()
         await self.index.close()
 

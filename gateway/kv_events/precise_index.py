@@ -18,7 +18,7 @@ A replica with data-parallel ranks has one engine per rank; its match is its bes
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -53,7 +53,7 @@ class EventStats:
 class PreciseIndex:
     def __init__(
         self,
-        model_of: dict[str, str],
+        model_of: Callable[[str], str],
         block_size: int,
         speculative_ttl_s: float = 2.0,
         max_blocks_per_engine: int = 4_000_000,
@@ -101,7 +101,7 @@ class PreciseIndex:
             self.stats.block_size_mismatches += 1
             return
         if event.parent_block_hash is None:
-            parent = chain_seed(self.model_of.get(replica, ""), _salt(event.extra_keys), "")
+            parent = chain_seed(self.model_of(replica), _salt(event.extra_keys), "")
         else:
             parent = engine.own_of.get(event.parent_block_hash)
             if parent is None:

@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 
 from gateway.blocks import ByteBlockHasher, chain_hashes
@@ -16,7 +18,7 @@ def chat(*contents: str, salt: str | None = None) -> bytes:
 def blocks_of(raw: bytes, model: str = "m", tenant: str = "", hasher: ByteBlockHasher | None = None):
     request = parse_request("chat", raw)
     request.tenant = tenant
-    return (hasher or ByteBlockHasher()).blocks(request, model)
+    return asyncio.run((hasher or ByteBlockHasher()).blocks(request, model))
 
 
 def test_a_longer_conversation_shares_the_leading_hashes_of_the_shorter():
@@ -63,6 +65,6 @@ def test_token_id_prompts_are_four_bytes_per_token():
     request = parse_request(
         "completion", b'{"model": "m", "prompt": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]}'
     )
-    blocks = ByteBlockHasher().blocks(request, "m")
+    blocks = asyncio.run(ByteBlockHasher().blocks(request, "m"))
     assert len(blocks.hashes) == 1  # 17 tokens: one full block of 16
     assert blocks.prompt_tokens == 17

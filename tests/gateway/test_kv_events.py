@@ -12,7 +12,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from gateway.blocks import TokenBlockHasher
+from gateway.blocks import TokenBlockHasher, local_tokenize
 from gateway.chat_template import render_chat
 from gateway.index.base import PrefixMatch
 from gateway.kv_events.decode import AllBlocksCleared, BlockRemoved, BlockStored, DecodeError, decode_batch
@@ -110,7 +110,11 @@ def request_for(text: str, salt: str | None = None):
     return parse_request("chat", orjson.dumps(body))
 
 
-HASHER = TokenBlockHasher(ByteTokenizer(), render_chat, BLOCK)
+HASHER = TokenBlockHasher(local_tokenize(ByteTokenizer(), render_chat), BLOCK)
+
+
+async def request_hashes_of(text: str, salt: str | None = None) -> list[int]:
+    return (await HASHER.blocks(request_for(text, salt), "m")).hashes
 
 
 def prompt_tokens(text: str) -> list[int]:
@@ -118,7 +122,7 @@ def prompt_tokens(text: str) -> list[int]:
 
 
 async def test_the_engines_reports_and_the_requests_hashes_meet():
-    index = PreciseIndex({"r1": "m", "r2": "m"}, BLOCK)
+    index = PreciseIndex(lambda replica: "m", BLOCK)
     text = "the quick brown fox " * 40
     hashes, tokens = engine_blocks(prompt_tokens(text))
     index.apply(
@@ -127,7 +131,7 @@ async def test_the_engines_reports_and_the_requests_hashes_meet():
     index.apply(
         "r1", None, decode_batch(payload([stored_map(hashes[10:], hashes[9], tokens[10 * BLOCK :])])).events
     )
-    request_hashes = HASHER.blocks(request_for(text), "m").hashes
+    request_hashes = await request_hashes_of(text)
     assert len(request_hashes) == len(hashes)
     found = await index.match("m", request_hashes, ["r1", "r2"])
     assert found == {"r1": PrefixMatch(hbm=len(hashes))}
@@ -143,22 +147,22 @@ async def test_the_engines_reports_and_the_requests_hashes_meet():
 
 
 async def test_cache_salt_in_the_first_blocks_extra_keys_separates_tenants():
-    index = PreciseIndex({"r1": "m"}, BLOCK)
+    index = PreciseIndex(lambda replica: "m", BLOCK)
     text = "shared system prompt " * 20
     hashes, tokens = engine_blocks(prompt_tokens(text))
     index.apply("r1", None, [BlockStored(hashes, None, tokens, BLOCK, Tier.HBM, [["tenant-a"]])])
-    assert await index.match("m", HASHER.blocks(request_for(text, "tenant-a"), "m").hashes, ["r1"])
-    assert await index.match("m", HASHER.blocks(request_for(text, "tenant-b"), "m").hashes, ["r1"]) == {}
-    assert await index.match("m", HASHER.blocks(request_for(text), "m").hashes, ["r1"]) == {}
+    assert await index.match("m", await request_hashes_of(text, "tenant-a"), ["r1"])
+    assert await index.match("m", await request_hashes_of(text, "tenant-b"), ["r1"]) == {}
+    assert await index.match("m", await request_hashes_of(text), ["r1"]) == {}
 
 
 async def test_data_parallel_ranks_and_speculative_entries():
-    index = PreciseIndex({"r1": "m"}, BLOCK, speculative_ttl_s=0.2)
+    index = PreciseIndex(lambda replica: "m", BLOCK, speculative_ttl_s=0.2)
     text = "x" * 2000
     hashes, tokens = engine_blocks(prompt_tokens(text))
     index.apply("r1", 0, [BlockStored(hashes[:4], None, tokens[: 4 * BLOCK], BLOCK, Tier.HBM)])
     index.apply("r1", 1, [BlockStored(hashes, None, tokens, BLOCK, Tier.HBM)])
-    request_hashes = HASHER.blocks(request_for(text), "m").hashes
+    request_hashes = await request_hashes_of(text)
     assert (await index.match("m", request_hashes, ["r1"]))["r1"].hbm == len(hashes)  # the better rank
     await index.record("m", "r2", request_hashes)
     assert (await index.match("m", request_hashes, ["r2"]))["r2"].hbm == len(hashes)
@@ -167,12 +171,12 @@ async def test_data_parallel_ranks_and_speculative_entries():
 
 
 async def test_the_shared_tier_counts_for_every_replica():
-    index = PreciseIndex({"r1": "m", "r2": "m"}, BLOCK)
+    index = PreciseIndex(lambda replica: "m", BLOCK)
     text = "y" * 2000
     hashes, tokens = engine_blocks(prompt_tokens(text))
     index.apply("r1", None, [BlockStored(hashes, None, tokens, BLOCK, Tier.HBM)])
     index.apply("r1", None, [BlockStored(hashes[:6], None, [], 0, Tier.SHARED)])
-    found = await index.match("m", HASHER.blocks(request_for(text), "m").hashes, ["r1", "r2"])
+    found = await index.match("m", await request_hashes_of(text), ["r1", "r2"])
     assert found["r1"].hbm == len(hashes) and found["r2"] == PrefixMatch(shared=6)
 
 
@@ -223,7 +227,7 @@ async def wait_for(condition, limit_s: float = 3.0) -> None:
 async def test_a_live_stream_with_a_gap_garbage_a_step_back_and_a_restart():
     context = zmq.asyncio.Context()
     publisher = Publisher(context)
-    index = PreciseIndex({"r1": "m"}, BLOCK)
+    index = PreciseIndex(lambda replica: "m", BLOCK)
     counts: dict[str, int] = {}
     stream = EventStream(
         "r1",
@@ -239,7 +243,7 @@ async def test_a_live_stream_with_a_gap_garbage_a_step_back_and_a_restart():
         await stream.connected.wait()
         text = "z" * 3000
         hashes, tokens = engine_blocks(prompt_tokens(text))
-        request_hashes = HASHER.blocks(request_for(text), "m").hashes
+        request_hashes = await request_hashes_of(text)
         # a slow joiner: publish until the subscription is up
         while stream.last_seq is None:
             await publisher.publish(payload([]))
