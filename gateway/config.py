@@ -112,6 +112,23 @@ class PreciseConfig(_Section):
     speculative_ttl_s: float = Field(default=2.0, gt=0)
 
 
+class DiscoveryConfig(_Section):
+    kind: Literal["static", "kubernetes", "dns"] = "static"
+    models: list[str] = Field(
+        default_factory=list, description="Models of discovered replicas; empty: read each one's /v1/models."
+    )
+    namespace: str = "default"
+    service: str | None = Field(default=None, description="Watch this Service's EndpointSlices.")
+    label_selector: str | None = Field(default=None, description="Or watch Pods matching this selector.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="The replicas' HTTP port, by number.")
+    port_name: str = Field(default="http", description="Or by name on the EndpointSlice / container.")
+    kv_events_port_name: str = "kv-events"
+    kv_events_replay_port_name: str = "kv-replay"
+    kubeconfig: str | None = Field(default=None, description="Empty: the in-cluster service account.")
+    dns_name: str | None = Field(default=None, description="A headless Service's DNS name, for kind: dns.")
+    interval_s: float = Field(default=5.0, gt=0, description="DNS re-resolution and resync period.")
+
+
 class UpstreamConfig(_Section):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     read_timeout_s: float = Field(default=600.0, gt=0)
@@ -139,6 +156,7 @@ class GatewayConfig(_Section):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     precise: PreciseConfig = Field(default_factory=PreciseConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     admin_token: str | None = None

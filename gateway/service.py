@@ -9,6 +9,7 @@ import httpx
 from gateway.blocks import BlockHasher, ByteBlockHasher, TokenBlockHasher, Tokenize, local_tokenize
 from gateway.chat_template import load_chat_template
 from gateway.config import GatewayConfig, replica_capacity_tokens
+from gateway.discovery.base import Endpoint
 from gateway.errors import APIError, bad_request
 from gateway.health import CacheGeometry, ReplicaMonitor
 from gateway.index.base import PrefixIndex, TierCapacity
@@ -95,6 +96,7 @@ class GatewayService:
         self.metrics.register_replicas(self.replicas)
         self.metrics.index_collector(self.index.block_counts, getattr(self.index, "evictions", dict))
         self.shutting_down = False
+        self._discovered: set[str] = set()
 
     def _tokenizer(self) -> Tokenize:
         precise = self.config.precise
@@ -162,6 +164,46 @@ class GatewayService:
             await self.feeds.stop()
         await self.client.aclose()
         await self.index.close()
+
+    async def apply_endpoints(self, endpoints: list[Endpoint]) -> None:
+        """Make the discovered part of the replica set match `endpoints` (configured replicas stay)."""
+        seen = set()
+        for endpoint in endpoints:
+            seen.add(endpoint.name)
+            replica = self.replicas.get(endpoint.name)
+            if replica is None:
+                if not endpoint.ready or endpoint.terminating:
+                    continue
+                replica = self.replicas.add(
+                    Replica(
+                        url=endpoint.url,
+                        name=endpoint.name,
+                        models=set(self.config.discovery.models),
+                        kv_events_endpoint=endpoint.kv_events,
+                        kv_events_replay_endpoint=endpoint.kv_events_replay,
+                    )
+                )
+                self._discovered.add(replica.name)
+                self.index.set_capacity(replica.name, self._capacity(replica.name, None))
+                log.info("replica %s joined at %s", replica.name, replica.url)
+                await self.monitor.check(replica)
+            elif replica.name in self._discovered:
+                draining = endpoint.terminating or not endpoint.ready
+                if draining and not replica.draining:
+                    log.info("replica %s is draining", replica.name)
+                replica.draining = draining
+        for name in self._discovered - seen:
+            await self._remove(name)
+        if self.feeds is not None:
+            await self.feeds.sync(self.replicas)
+
+    async def _remove(self, name: str) -> None:
+        self._discovered.discard(name)
+        self.replicas.remove(name)
+        await self.index.forget_replica(name)
+        if hasattr(self.policy, "cost"):
+            self.policy.cost.forget(name)
+        log.info("replica %s left", name)
 
     def resolve_model(self, requested: str | None) -> str:
         served = self.replicas.models()

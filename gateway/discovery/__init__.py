@@ -1,0 +1,1 @@
+"""Where replicas come from: a static list, Kubernetes EndpointSlices or Pods, or DNS."""
