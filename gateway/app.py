@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import logging
 import time
@@ -14,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from gateway import __version__
+from gateway.auth import bearer_token, tenant_salt
 from gateway.config import GatewayConfig
 from gateway.errors import APIError
 from gateway.request import Kind, check_body_size, parse_request
@@ -95,18 +98,34 @@ def create_app(config: GatewayConfig, service: GatewayService | None = None) -> 
             check_body_size(int(declared), limit)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            check_body_size(size, limit)
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(config.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    check_body_size(size, limit)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise APIError(
+                408, f"The request body took longer than {config.body_timeout_s:g} s to arrive."
+            ) from None
         return b"".join(chunks)
+
+    def tenant_of(request: Request) -> str:
+        if gateway.api_keys is None:
+            return ""
+        return gateway.api_keys.tenant_of(bearer_token(request.headers.get("authorization")))
 
     async def serve(kind: Kind, path: str, request: Request) -> Response:
         arrived = time.monotonic()
         if gateway.shutting_down:
             raise APIError(503, "The gateway is shutting down; retry on another instance.")
+        tenant = tenant_of(request)
         raw = await read_body(request)
         parsed = parse_request(kind, raw, request.headers.get("x-session-id"))
+        if tenant:
+            parsed.tenant = tenant
+            if config.auth.inject_cache_salt and parsed.cache_salt is None:
+                parsed.cache_salt = parsed.body["cache_salt"] = tenant_salt(tenant)
         model = gateway.resolve_model(parsed.model)
         decision = await gateway.router.route(parsed, model)
         return await gateway.proxy.forward(path, parsed, decision, arrived, dict(request.headers))
@@ -120,7 +139,8 @@ def create_app(config: GatewayConfig, service: GatewayService | None = None) -> 
         return await serve("completion", "/v1/completions", request)
 
     @app.get("/v1/models")
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
+        tenant_of(request)
         return JSONResponse({"object": "list", "data": gateway.model_cards()})
 
     @app.get("/health")
@@ -139,7 +159,7 @@ def create_app(config: GatewayConfig, service: GatewayService | None = None) -> 
 
     @app.post("/debug/route", openapi_extra=_json_body({"type": "object"}))
     async def debug_route(request: Request) -> Response:
-        _require_admin(config, request)
+        _require_admin(gateway.admin_token, request)
         kind: Kind = "completion" if request.query_params.get("kind") == "completion" else "chat"
         parsed = parse_request(kind, await read_body(request), request.headers.get("x-session-id"))
         model = gateway.resolve_model(parsed.model)
@@ -149,12 +169,13 @@ def create_app(config: GatewayConfig, service: GatewayService | None = None) -> 
     return app
 
 
-def _require_admin(config: GatewayConfig, request: Request) -> None:
-    if not config.admin_token:
+def _require_admin(admin_token: str | None, request: Request) -> None:
+    if not admin_token:
         raise APIError(403, "Admin endpoints are disabled: set admin_token to enable them.")
-    header = request.headers.get("authorization", "")
-    offered = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if not hmac.compare_digest(offered.encode(), config.admin_token.encode()):
+    offered = bearer_token(request.headers.get("authorization")) or ""
+    if not hmac.compare_digest(
+        hashlib.sha256(offered.encode()).digest(), hashlib.sha256(admin_token.encode()).digest()
+    ):
         raise APIError(401, "A valid admin token is required: Authorization: Bearer <admin_token>.")
 
 

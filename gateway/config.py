@@ -146,6 +146,18 @@ class HealthConfig(_Section):
     timeout_s: float = Field(default=2.0, gt=0)
 
 
+class AuthConfig(_Section):
+    api_keys_file: str | None = Field(
+        default=None,
+        description="Client API keys, '<tenant> <key>' per line; unset: no client authentication.",
+    )
+    inject_cache_salt: bool = Field(
+        default=True,
+        description="Give requests without a cache_salt their tenant's, isolating tenants in engines.",
+    )
+    admin_token_file: str | None = Field(default=None, description="The admin token, read from a file.")
+
+
 class GatewayConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -159,7 +171,14 @@ class GatewayConfig(_Section):
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     admin_token: str | None = None
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="How long in-flight requests get to finish."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="The longest a client may take to send a body."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("profile")

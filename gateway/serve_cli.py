@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from types import FrameType
 from typing import Any
 
+import uvicorn
+
+from gateway.app import create_app
 from gateway.config import ConfigError, load_config
 from gateway.policies import POLICY_NAMES
+from gateway.service import GatewayService
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,22 +76,43 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
 
-    import uvicorn
-
-    from gateway.app import create_app
-
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(config)
-    uvicorn.run(
-        app,
+    try:
+        service = GatewayService(config)
+    except ValueError as exc:
+        print(f"kvgate serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn_config = uvicorn.Config(
+        create_app(config, service),
         host=config.host,
         port=config.port,
         loop="uvloop",
         http="httptools",
         access_log=False,
         log_level=config.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, int(config.shutdown_grace_s)),
     )
+    DrainingServer(uvicorn_config, service).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but a first SIGTERM or SIGINT drains: not ready, new requests refused with 503,
+    in-flight streams finish (up to `shutdown_grace_s`), then it exits. A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, service: GatewayService) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.service.shutting_down:
+            super().handle_exit(sig, frame)
+        else:
+            self.service.begin_shutdown()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.service.drained():
+            self.should_exit = True
+        return await super().on_tick(counter)

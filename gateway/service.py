@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 
+from gateway.auth import APIKeys, read_secret
 from gateway.blocks import BlockHasher, ByteBlockHasher, TokenBlockHasher, Tokenize, local_tokenize
 from gateway.chat_template import load_chat_template
 from gateway.config import GatewayConfig, replica_capacity_tokens
@@ -96,7 +98,13 @@ class GatewayService:
         self.metrics.register_replicas(self.replicas)
         self.metrics.index_collector(self.index.block_counts, getattr(self.index, "evictions", dict))
         self.shutting_down = False
+        self.shutdown_deadline = 0.0
         self._discovered: set[str] = set()
+        auth = config.auth
+        self.api_keys = APIKeys(auth.api_keys_file) if auth.api_keys_file else None
+        self.admin_token = read_secret(config.admin_token, auth.admin_token_file)
+        if self.api_keys is None:
+            log.warning("client authentication is off: set auth.api_keys_file to require API keys")
 
     def _tokenizer(self) -> Tokenize:
         precise = self.config.precise
@@ -229,3 +237,16 @@ class GatewayService:
 
     def ready(self) -> bool:
         return not self.shutting_down and any(replica.routable for replica in self.replicas)
+
+    def begin_shutdown(self) -> None:
+        """Stop being ready and refuse new requests; in-flight ones get `shutdown_grace_s` to finish."""
+        if not self.shutting_down:
+            self.shutting_down = True
+            self.shutdown_deadline = time.monotonic() + self.config.shutdown_grace_s
+            log.info("shutting down: refusing new requests, waiting for %d in flight", self.in_flight())
+
+    def in_flight(self) -> int:
+        return sum(replica.load.inflight for replica in self.replicas)
+
+    def drained(self) -> bool:
+        return self.shutting_down and (self.in_flight() == 0 or time.monotonic() >= self.shutdown_deadline)
