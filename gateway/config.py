@@ -33,16 +33,22 @@ class _Section(BaseModel):
 
 class ReplicaConfig(_Section):
     url: str
-    name: str | None = None
+    name: str | None = Field(default=None, description="Name in metrics and logs; default host:port.")
     models: list[str] = Field(
         default_factory=list, description="Empty: learn them from the replica's /v1/models."
     )
-    hbm_tokens: int | None = Field(default=None, ge=0)
-    dram_tokens: int | None = Field(default=None, ge=0)
-    storage_tokens: int | None = Field(default=None, ge=0)
-    hbm_gib: float | None = Field(default=None, ge=0)
-    dram_gib: float | None = Field(default=None, ge=0)
-    storage_gib: float | None = Field(default=None, ge=0)
+    hbm_tokens: int | None = Field(
+        default=None, ge=0, description="KV cache in GPU memory, in tokens; unset: read from the replica."
+    )
+    dram_tokens: int | None = Field(
+        default=None, ge=0, description="CPU offload tier, in tokens; unset: none."
+    )
+    storage_tokens: int | None = Field(default=None, ge=0, description="Storage offload tier, in tokens.")
+    hbm_gib: float | None = Field(
+        default=None, ge=0, description="Or the GPU tier in GiB (profile's KV/token)."
+    )
+    dram_gib: float | None = Field(default=None, ge=0, description="Or the CPU tier in GiB.")
+    storage_gib: float | None = Field(default=None, ge=0, description="Or the storage tier in GiB.")
     kv_events: str | None = Field(
         default=None, description="The replica's KV events publisher, tcp://host:port."
     )
@@ -57,34 +63,61 @@ class ReplicaConfig(_Section):
 
 
 class RoutingConfig(_Section):
-    block_bytes: int = Field(default=64, gt=0, le=65536)
-    max_blocks: int = Field(default=8192, gt=0, le=1_000_000)
-    guard_factor: float = Field(default=1.5, ge=1.0)
-    guard_min_outstanding: float = Field(default=8.0, ge=0)
-    guard_kv_usage: float = Field(default=0.98, gt=0, le=1.0)
-    tie_tolerance: float = Field(default=0.05, ge=0, le=1.0)
-    engine_token_budget: int = Field(default=8192, gt=0)
-    default_hbm_tokens: int = Field(default=450_000, gt=0)
+    block_bytes: int = Field(
+        default=64, gt=0, le=65536, description="Prompt bytes per hashed block (about 16 tokens at 64)."
+    )
+    max_blocks: int = Field(
+        default=8192, gt=0, le=1_000_000, description="Blocks hashed per prompt at most: bounds the work."
+    )
+    guard_factor: float = Field(
+        default=1.5,
+        ge=1.0,
+        description="Load guard: pass over a replica above this times the mean outstanding.",
+    )
+    guard_min_outstanding: float = Field(
+        default=8.0, ge=0, description="Load guard: ...and with at least this many requests outstanding."
+    )
+    guard_kv_usage: float = Field(
+        default=0.98, gt=0, le=1.0, description="Load guard: pass over a replica whose KV cache is this full."
+    )
+    tie_tolerance: float = Field(
+        default=0.05,
+        ge=0,
+        le=1.0,
+        description="Estimates within this fraction of the best are ties (rendezvous).",
+    )
+    engine_token_budget: int = Field(
+        default=8192, gt=0, description="The engines' tokens per scheduler step (max_num_batched_tokens)."
+    )
+    default_hbm_tokens: int = Field(
+        default=450_000, gt=0, description="Assumed GPU KV capacity until a replica reports its own."
+    )
 
 
 class RedisConfig(_Section):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix://.")
     password_file: str | None = Field(
         default=None, description="File holding the password (a mounted Secret)."
     )
     sentinels: list[str] = Field(
         default_factory=list, description="host:port of Sentinels; empty: no Sentinel."
     )
-    sentinel_service: str = "mymaster"
-    cluster: bool = False
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    key_prefix: str = "kvg"
-    stride: int = Field(default=16, ge=1, le=4096)
-    ttl_s: int = Field(default=3600, ge=1)
-    lookup_timeout_s: float = Field(default=0.05, gt=0)
-    max_pending_writes: int = Field(default=10_000, ge=1)
+    sentinel_service: str = Field(default="mymaster", description="The master's name under Sentinel.")
+    cluster: bool = Field(default=False, description="Redis Cluster (one hash slot per model).")
+    tls_ca_file: str | None = Field(default=None, description="CA bundle to verify the server.")
+    tls_cert_file: str | None = Field(default=None, description="Client certificate, for mutual TLS.")
+    tls_key_file: str | None = Field(default=None, description="Client key, for mutual TLS.")
+    key_prefix: str = Field(default="kvg", description="Prefix of every key (no braces).")
+    stride: int = Field(default=16, ge=1, le=4096, description="Store every stride-th block of a chain.")
+    ttl_s: int = Field(
+        default=3600, ge=1, description="A replica's entries expire this long after its last use."
+    )
+    lookup_timeout_s: float = Field(
+        default=0.05, gt=0, description="A slower lookup counts as a failure: route from the local view."
+    )
+    max_pending_writes: int = Field(
+        default=10_000, ge=1, description="Records queued while Redis is down, at most."
+    )
 
     @field_validator("url")
     @classmethod
@@ -95,12 +128,14 @@ class RedisConfig(_Section):
 
 
 class IndexConfig(_Section):
-    backend: Literal["embedded", "redis"] = "embedded"
+    backend: Literal["embedded", "redis"] = Field(
+        default="embedded", description="'embedded' (in process) or 'redis' (shared by gateway replicas)."
+    )
     redis: RedisConfig = Field(default_factory=RedisConfig)
 
 
 class PreciseConfig(_Section):
-    enabled: bool = False
+    enabled: bool = Field(default=False, description="Route on the engines' KV events instead of guesses.")
     tokenizer: str = Field(
         default="builtin",
         description="'builtin', 'remote' (the replica's /tokenize) or a tokenizer.json path.",
@@ -109,7 +144,11 @@ class PreciseConfig(_Section):
         default="chatml", description="'chatml' or a Jinja template / tokenizer_config.json path."
     )
     block_size: int = Field(default=16, gt=0, description="The engines' KV block size in tokens.")
-    speculative_ttl_s: float = Field(default=2.0, gt=0)
+    speculative_ttl_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long a routing decision counts as cached before events confirm it.",
+    )
 
 
 class DiscoveryConfig(_Section):
@@ -130,20 +169,32 @@ class DiscoveryConfig(_Section):
 
 
 class UpstreamConfig(_Section):
-    connect_timeout_s: float = Field(default=2.0, gt=0)
-    read_timeout_s: float = Field(default=600.0, gt=0)
-    max_retries: int = Field(default=2, ge=0, le=16)
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
-    max_connections: int = Field(default=1024, gt=0)
-    api_key: str | None = None
+    connect_timeout_s: float = Field(default=2.0, gt=0, description="Connecting to a replica.")
+    read_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Waiting for a replica's next bytes (the first may follow a long prefill).",
+    )
+    max_retries: int = Field(
+        default=2, ge=0, le=16, description="Other replicas to try when one fails before its first byte."
+    )
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    max_connections: int = Field(default=1024, gt=0, description="Pooled keep-alive connections to replicas.")
+    api_key: str | None = Field(
+        default=None, description="Sent to replicas as a bearer token (vLLM --api-key)."
+    )
 
 
 class HealthConfig(_Section):
-    interval_s: float = Field(default=2.0, gt=0)
-    scrape_interval_s: float = Field(default=1.0, gt=0)
-    failure_threshold: int = Field(default=3, ge=1)
-    cooldown_s: float = Field(default=5.0, ge=0)
-    timeout_s: float = Field(default=2.0, gt=0)
+    interval_s: float = Field(default=2.0, gt=0, description="Active health check (/health) period.")
+    scrape_interval_s: float = Field(default=1.0, gt=0, description="Replica /metrics scrape period.")
+    failure_threshold: int = Field(
+        default=3, ge=1, description="Consecutive failed requests that take a replica out (passive health)."
+    )
+    cooldown_s: float = Field(
+        default=5.0, ge=0, description="A replica taken out stays out at least this long."
+    )
+    timeout_s: float = Field(default=2.0, gt=0, description="Timeout of health checks and scrapes.")
 
 
 class AuthConfig(_Section):
@@ -159,12 +210,16 @@ class AuthConfig(_Section):
 
 
 class GatewayConfig(_Section):
-    host: str = "0.0.0.0"
-    port: int = Field(default=8080, ge=0, le=65535)
-    policy: PolicyName = "affinity"
-    profile: str = "h100-llama3-8b"
-    tensor_parallel: int = Field(default=1, ge=1)
-    replicas: list[ReplicaConfig] = Field(default_factory=list)
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on.")
+    policy: PolicyName = Field(default="affinity", description="Routing policy.")
+    profile: str = Field(default="h100-llama3-8b", description="Latency profile of the replicas.")
+    tensor_parallel: int = Field(
+        default=1, ge=1, description="GPUs per replica (divides the profile's times)."
+    )
+    replicas: list[ReplicaConfig] = Field(
+        default_factory=list, description="Static replicas (URLs or objects)."
+    )
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     precise: PreciseConfig = Field(default_factory=PreciseConfig)
@@ -172,14 +227,16 @@ class GatewayConfig(_Section):
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
-    admin_token: str | None = None
+    admin_token: str | None = Field(default=None, description="Token for /debug endpoints (prefer the file).")
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="How long in-flight requests get to finish."
     )
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="The longest a client may take to send a body."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log verbosity."
+    )
 
     @field_validator("profile")
     @classmethod

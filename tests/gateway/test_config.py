@@ -49,3 +49,12 @@ def test_unreadable_or_malformed_files_are_clear_errors(tmp_path):
     bad.write_text("routing: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad, environ={})
+
+
+def test_the_config_reference_in_the_docs_is_up_to_date():
+    from pathlib import Path
+
+    from gateway.config_docs import refresh
+
+    text = Path(__file__).parents[2].joinpath("docs", "config.md").read_text()
+    assert refresh(text) == text, "run: python -m gateway.config_docs --write docs/config.md"
