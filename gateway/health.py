@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import HealthConfig
 from gateway.replicas import Replica, ReplicaSet
+from gateway.upstream import Upstream
 
 log = logging.getLogger("kvgate.health")
 
@@ -86,12 +88,12 @@ class ReplicaMonitor:
     def __init__(
         self,
         replicas: ReplicaSet,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         settings: HealthConfig,
         on_geometry: Callable[[Replica, CacheGeometry], None] | None = None,
     ) -> None:
         self.replicas = replicas
-        self.client = client
+        self.upstream = upstream
         self.settings = settings
         self.on_geometry = on_geometry
         self._geometry: dict[str, CacheGeometry] = {}
@@ -128,16 +130,20 @@ class ReplicaMonitor:
     async def scrape_all(self) -> None:
         await asyncio.gather(*(self.scrape(replica) for replica in self.replicas if replica.healthy))
 
+    async def _get(self, replica: Replica, path: str) -> tuple[int, bytes]:
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
+        async with self.upstream.session.get(replica.url + path, timeout=timeout) as response:
+            return response.status, await response.read()
+
     async def check(self, replica: Replica) -> None:
-        timeout = self.settings.timeout_s
         try:
-            response = await self.client.get(replica.url + "/health", timeout=timeout)
-            ok = response.status_code == 200
+            status, _ = await self._get(replica, "/health")
+            ok = status == 200
             if ok and not replica.models:
                 replica.model_cards = await self._model_cards(replica)
                 replica.models = set(replica.model_cards)
                 ok = bool(replica.models)
-        except httpx.HTTPError:
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             ok = False
         if ok and not replica.healthy and time.monotonic() >= replica.cooldown_until:
             log.info("replica %s is healthy again", replica.name)
@@ -148,22 +154,22 @@ class ReplicaMonitor:
             replica.healthy = False
 
     async def _model_cards(self, replica: Replica) -> dict[str, dict]:
-        response = await self.client.get(replica.url + "/v1/models", timeout=self.settings.timeout_s)
-        if response.status_code != 200:
+        status, body = await self._get(replica, "/v1/models")
+        if status != 200:
             return {}
-        data = response.json().get("data", [])
+        data = orjson.loads(body).get("data", [])
         return {
             item["id"]: item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)
         }
 
     async def scrape(self, replica: Replica) -> None:
         try:
-            response = await self.client.get(replica.url + "/metrics", timeout=self.settings.timeout_s)
-        except httpx.HTTPError:
+            status, body = await self._get(replica, "/metrics")
+        except (aiohttp.ClientError, TimeoutError):
             return
-        if response.status_code != 200:
+        if status != 200:
             return
-        result = parse_vllm_metrics(response.content)
+        result = parse_vllm_metrics(body)
         scraped = replica.scraped
         scraped.waiting, scraped.running, scraped.kv_usage = result.waiting, result.running, result.kv_usage
         scraped.at = time.monotonic()

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from starlette.responses import Response, StreamingResponse
 
@@ -24,6 +24,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.request import InferenceRequest
 from gateway.router import Decision, Dispatch, Router
 from gateway.sse import SSERelay, cached_tokens
+from gateway.upstream import Upstream
 
 log = logging.getLogger("kvgate.proxy")
 
@@ -40,14 +41,14 @@ class _RetryableFailure(Exception):
 class Proxy:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         router: Router,
         monitor: ReplicaMonitor,
         metrics: GatewayMetrics,
         max_retries: int,
         upstream_api_key: str | None = None,
     ) -> None:
-        self.client = client
+        self.upstream = upstream
         self.router = router
         self.monitor = monitor
         self.metrics = metrics
@@ -111,51 +112,47 @@ class Proxy:
         arrived: float,
     ) -> Response:
         replica = dispatch.replica
-        upstream_request = self.client.build_request(
-            "POST", replica.url + path, content=body, headers=headers
-        )
         try:
-            upstream = await self.client.send(upstream_request, stream=True)
-        except httpx.TimeoutException as exc:
+            upstream = await self.upstream.session.post(replica.url + path, data=body, headers=headers)
+        except TimeoutError as exc:
             raise _RetryableFailure("timeout", str(exc) or "timed out") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise _RetryableFailure("connect", str(exc) or type(exc).__name__) from None
 
         try:
-            if upstream.status_code >= 500:
-                content = await upstream.aread()
+            if upstream.status >= 500:
+                content = await upstream.read()
                 raise _RetryableFailure(
-                    f"status_{upstream.status_code}",
+                    f"status_{upstream.status}",
                     content[:200].decode(errors="replace"),
-                    Response(content, upstream.status_code, headers=_response_headers(upstream)),
+                    Response(content, upstream.status, headers=_response_headers(upstream)),
                 )
-            if not request.stream or upstream.status_code != 200:
-                content = await upstream.aread()
-        except httpx.HTTPError as exc:
-            await upstream.aclose()
+            if request.stream and upstream.status == 200:
+                first = await upstream.content.readany()
+                if not first:
+                    raise _RetryableFailure("read", "the stream ended before its first byte")
+            else:
+                content = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            upstream.close()
             raise _RetryableFailure("read", str(exc) or type(exc).__name__) from None
         except _RetryableFailure:
-            await upstream.aclose()
+            upstream.close()
             raise
 
-        if not request.stream or upstream.status_code != 200:
+        if not request.stream or upstream.status != 200:
+            upstream.release()
             dispatch.close()
             now = time.monotonic()
-            if upstream.status_code == 200:
+            if upstream.status == 200:
                 self._record_first_token(decision, dispatch, now - arrived)
                 self._record_usage(decision, dispatch, _usage_of(content))
                 self._latency(decision, dispatch).observe(now - arrived)
-            return Response(content, upstream.status_code, headers=_response_headers(upstream))
+            return Response(content, upstream.status, headers=_response_headers(upstream))
 
-        chunks = upstream.aiter_raw()
-        try:
-            first = await anext(chunks)
-        except (httpx.HTTPError, StopAsyncIteration) as exc:
-            await upstream.aclose()
-            raise _RetryableFailure("read", str(exc) or "stream ended before its first byte") from None
         relay = SSERelay(strip_usage=not request.client_wants_usage)
         return StreamingResponse(
-            self._relay(first, chunks, upstream, relay, decision, dispatch, arrived),
+            self._relay(first, upstream, relay, decision, dispatch, arrived),
             status_code=200,
             headers=_response_headers(upstream),
         )
@@ -163,8 +160,7 @@ class Proxy:
     async def _relay(
         self,
         first: bytes,
-        chunks: AsyncIterator[bytes],
-        upstream: httpx.Response,
+        upstream: aiohttp.ClientResponse,
         relay: SSERelay,
         decision: Decision,
         dispatch: Dispatch,
@@ -172,9 +168,10 @@ class Proxy:
     ) -> AsyncIterator[bytes]:
         itl = self.metrics.itl.labels(decision.model, dispatch.replica.name)
         last_event_at = 0.0
+        complete = False
         try:
             data = first
-            while True:
+            while data:
                 out = relay.feed(data)
                 if out:
                     now = time.monotonic()
@@ -184,23 +181,24 @@ class Proxy:
                         itl.observe(now - last_event_at)
                     last_event_at = now
                     yield out
-                try:
-                    data = await anext(chunks)
-                except StopAsyncIteration:
-                    break
+                data = await upstream.content.readany()
             tail = relay.flush()
             if tail:
                 yield tail
+            complete = True
             self._latency(decision, dispatch).observe(time.monotonic() - arrived)
             self._record_usage(decision, dispatch, relay.usage)
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             self.metrics.upstream_errors.labels(dispatch.replica.name, "midstream").inc()
             self.monitor.report_failure(dispatch.replica, "midstream")
             log.warning("replica %s failed mid-stream: %s", dispatch.replica.name, exc)
             yield APIError(502, f"The replica serving this stream failed: {type(exc).__name__}").sse()
         finally:
             dispatch.close()
-            await upstream.aclose()
+            if complete:
+                upstream.release()
+            else:  # the client left or the replica failed: drop the connection so the engine aborts
+                upstream.close()
 
     def _record_first_token(self, decision: Decision, dispatch: Dispatch, ttft_s: float) -> None:
         self.metrics.ttft.labels(decision.model, dispatch.replica.name).observe(ttft_s)
@@ -235,5 +233,5 @@ def _usage_of(content: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-def _response_headers(upstream: httpx.Response) -> dict[str, str]:
+def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
     return {name: upstream.headers[name] for name in _FORWARDED_RESPONSE_HEADERS if name in upstream.headers}

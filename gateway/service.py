@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-import httpx
-
 from gateway.auth import APIKeys, read_secret
 from gateway.blocks import BlockHasher, ByteBlockHasher, TokenBlockHasher, Tokenize, local_tokenize
 from gateway.chat_template import load_chat_template
@@ -29,6 +27,7 @@ from gateway.proxy import Proxy
 from gateway.replicas import Replica, ReplicaSet
 from gateway.router import Router
 from gateway.tokenizer import load_tokenizer
+from gateway.upstream import Upstream
 
 log = logging.getLogger("kvgate")
 
@@ -38,13 +37,7 @@ class GatewayService:
         self.config = config
         self.profile = get_profile(config.profile).scaled(config.tensor_parallel)
         self.metrics = GatewayMetrics()
-        upstream = config.upstream
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(upstream.read_timeout_s, connect=upstream.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=upstream.max_connections, max_keepalive_connections=upstream.max_connections
-            ),
-        )
+        self.upstream = Upstream(config.upstream)
         self.replicas = ReplicaSet()
         self._configured_tokens: dict[str, dict[str, int | None]] = {}
         for entry in config.replicas:
@@ -90,11 +83,10 @@ class GatewayService:
         )
         self.router = Router(self.replicas, self.index, self.policy, self.hasher, self.profile, self.metrics)
         self.monitor = ReplicaMonitor(
-            self.replicas, self.client, config.health, on_geometry=self._learn_geometry
+            self.replicas, self.upstream, config.health, on_geometry=self._learn_geometry
         )
-        self.proxy = Proxy(
-            self.client, self.router, self.monitor, self.metrics, upstream.max_retries, upstream.api_key
-        )
+        retries, upstream_key = config.upstream.max_retries, config.upstream.api_key
+        self.proxy = Proxy(self.upstream, self.router, self.monitor, self.metrics, retries, upstream_key)
         self.metrics.register_replicas(self.replicas)
         self.metrics.index_collector(self.index.block_counts, getattr(self.index, "evictions", dict))
         self.shutting_down = False
@@ -109,7 +101,7 @@ class GatewayService:
     def _tokenizer(self) -> Tokenize:
         precise = self.config.precise
         if precise.tokenizer == "remote":
-            return remote_tokenize(self.client, self.replicas)
+            return remote_tokenize(self.upstream, self.replicas)
         path = None if precise.tokenizer == "builtin" else precise.tokenizer
         return local_tokenize(load_tokenizer(path), load_chat_template(precise.chat_template))
 
@@ -160,6 +152,7 @@ class GatewayService:
             )
 
     async def start(self) -> None:
+        await self.upstream.open()
         await self.monitor.start()
         if self.feeds is not None:
             await self.feeds.sync(self.replicas)
@@ -170,7 +163,7 @@ class GatewayService:
         await self.monitor.stop()
         if self.feeds is not None:
             await self.feeds.stop()
-        await self.client.aclose()
+        await self.upstream.close()
         await self.index.close()
 
     async def apply_endpoints(self, endpoints: list[Endpoint]) -> None:

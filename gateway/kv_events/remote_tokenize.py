@@ -5,15 +5,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-import httpx
+import aiohttp
+import orjson
 
 from gateway.blocks import Tokenize
 from gateway.errors import APIError
 from gateway.replicas import ReplicaSet
 from gateway.request import InferenceRequest, completion_prompt
+from gateway.upstream import Upstream
 
 
-def remote_tokenize(client: httpx.AsyncClient, replicas: ReplicaSet, timeout_s: float = 5.0) -> Tokenize:
+def remote_tokenize(upstream: Upstream, replicas: ReplicaSet, timeout_s: float = 5.0) -> Tokenize:
     turn = itertools.count()
 
     async def tokenize(request: InferenceRequest, model: str) -> Sequence[int]:
@@ -32,12 +34,20 @@ def remote_tokenize(client: httpx.AsyncClient, replicas: ReplicaSet, timeout_s: 
             raise APIError(503, f"No healthy replica is serving model '{model}' right now; retry later.")
         replica = candidates[next(turn) % len(candidates)]
         try:
-            response = await client.post(replica.url + "/tokenize", json=payload, timeout=timeout_s)
-        except httpx.HTTPError as exc:
+            async with upstream.session.post(
+                replica.url + "/tokenize",
+                data=orjson.dumps(payload),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                status, body = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise APIError(502, f"Tokenizing on {replica.name} failed: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            raise APIError(response.status_code if response.status_code < 500 else 502, response.text[:300])
-        tokens = response.json().get("tokens")
+        if status != 200:
+            raise APIError(status if status < 500 else 502, body[:300].decode(errors="replace"))
+        try:
+            tokens = orjson.loads(body).get("tokens")
+        except (orjson.JSONDecodeError, AttributeError):
+            tokens = None
         if not isinstance(tokens, list):
             raise APIError(502, f"{replica.name}/tokenize answered without tokens")
         return tokens
