@@ -91,11 +91,14 @@ class ReplicaMonitor:
         upstream: Upstream,
         settings: HealthConfig,
         on_geometry: Callable[[Replica, CacheGeometry], None] | None = None,
+        on_out: Callable[[Replica], None] | None = None,
     ) -> None:
         self.replicas = replicas
         self.upstream = upstream
         self.settings = settings
         self.on_geometry = on_geometry
+        self.on_out = on_out
+        """Called when a replica is taken out: its cache is not to be trusted when it returns."""
         self._geometry: dict[str, CacheGeometry] = {}
         self._tasks: list[asyncio.Task] = []
 
@@ -151,7 +154,7 @@ class ReplicaMonitor:
             replica.consecutive_failures = 0
         elif not ok and replica.healthy:
             log.warning("replica %s failed its health check; taking it out", replica.name)
-            replica.healthy = False
+            self._take_out(replica)
 
     async def _model_cards(self, replica: Replica) -> dict[str, dict]:
         status, body = await self._get(replica, "/v1/models")
@@ -187,8 +190,13 @@ class ReplicaMonitor:
                 replica.consecutive_failures,
                 kind,
             )
-            replica.healthy = False
+            self._take_out(replica)
             replica.cooldown_until = time.monotonic() + self.settings.cooldown_s
+
+    def _take_out(self, replica: Replica) -> None:
+        replica.healthy = False
+        if self.on_out:
+            self.on_out(replica)
 
     def report_success(self, replica: Replica) -> None:
         replica.consecutive_failures = 0

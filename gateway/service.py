@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -92,6 +93,7 @@ class GatewayService:
         self.shutting_down = False
         self.shutdown_deadline = 0.0
         self._discovered: set[str] = set()
+        self._background: set[asyncio.Future] = set()
         auth = config.auth
         self.api_keys = APIKeys(auth.api_keys_file) if auth.api_keys_file else None
         self.admin_token = read_secret(config.admin_token, auth.admin_token_file)
@@ -201,10 +203,19 @@ class GatewayService:
     async def _remove(self, name: str) -> None:
         self._discovered.discard(name)
         self.replicas.remove(name)
+        await self._forget_cache(name)
+        log.info("replica %s left", name)
+
+    async def _forget_cache(self, name: str) -> None:
         await self.index.forget_replica(name)
         if hasattr(self.policy, "cost"):
             self.policy.cost.forget(name)
-        log.info("replica %s left", name)
+
+    def _forget(self, replica: Replica) -> None:
+        """A replica taken out of the pool: what the index knew of its cache goes (a restart empties it)."""
+        task = asyncio.ensure_future(self._forget_cache(replica.name))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def resolve_model(self, requested: str | None) -> str:
         served = self.replicas.models()
