@@ -244,10 +244,13 @@ async def test_a_live_stream_with_a_gap_garbage_a_step_back_and_a_restart():
         text = "z" * 3000
         hashes, tokens = engine_blocks(prompt_tokens(text))
         request_hashes = await request_hashes_of(text)
-        # a slow joiner: publish until the subscription is up
-        while stream.last_seq is None:
+        # a slow joiner: publish until the subscription is up (a few seconds at the most)
+        for _ in range(250):
+            if stream.last_seq is not None:
+                break
             await publisher.publish(payload([]))
             await asyncio.sleep(0.02)
+        assert stream.last_seq is not None, "the subscriber never received a message"
         await publisher.publish(payload([stored_array(hashes[:8], None, tokens[: 8 * BLOCK])]))
         await publisher.publish(
             payload([stored_array(hashes[8:], hashes[7], tokens[8 * BLOCK :])]), skip=True
