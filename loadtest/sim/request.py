@@ -41,6 +41,7 @@ class SimRequest:
         "cache_salt",
         "error",
         "external_hit_tokens",
+        "fail_after_tokens",
         "finish_reason",
         "finish_time",
         "first_scheduled_time",
@@ -98,6 +99,7 @@ class SimRequest:
         self.finish_time: float | None = None
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.fail_after_tokens: int | None = None
         self.pending: list[int] = []
         self.waiter: asyncio.Future[None] | None = None
         self.extend_block_hashes(block_size)
