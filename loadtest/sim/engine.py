@@ -75,6 +75,7 @@ class Engine:
             self.cache, self.profile, config.max_num_seqs, config.max_num_batched_tokens
         )
         self.metrics = metrics or ReplicaMetrics(config, capacity)
+        self.metrics.gauge_source = self._gauges
         self.publisher = publisher
         self.slowdown = 1.0
         if config.hash_seed is None:
@@ -125,7 +126,6 @@ class Engine:
         )
         request.fail_after_tokens = fail_after_tokens
         self.scheduler.add(request)
-        self.metrics.num_requests_waiting = len(self.scheduler.waiting)
         self._wakeup.set()
         return request
 
@@ -142,7 +142,6 @@ class Engine:
             scheduler.remove(request)
             self._finish(request, reason, self.time)
         self._aborts.clear()
-        self._update_gauges()
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached block (refused while requests hold blocks, as in vLLM)."""
@@ -193,7 +192,8 @@ class Engine:
         vocabulary = self.vocabulary
         finished: list[SimRequest] = []
         generated = 0
-        for request in plan.decodes + [chunk.request for chunk in plan.prefills]:
+        stepped = plan.decodes + [chunk.request for chunk in plan.prefills] if plan.prefills else plan.decodes
+        for request in stepped:
             if request.state is not RequestState.RUNNING:
                 continue  # ended while the step ran
             if request.num_computed_tokens < request.num_tokens:
@@ -227,8 +227,8 @@ class Engine:
         metrics.external_prefix_cache_hits += plan.external_hits
         metrics.num_preemptions += len(plan.preempted)
         metrics.iteration_tokens.observe(plan.num_tokens)
-        self._update_gauges()
-        self._publish(end)
+        if self.cache.events:
+            self._publish(end)
 
     def _apply_aborts(self) -> None:
         aborts, self._aborts = self._aborts, []
@@ -237,7 +237,6 @@ class Engine:
                 continue
             self.scheduler.remove(request)
             self._finish(request, reason, self.time)
-        self._update_gauges()
         self._publish(self.time)
 
     def _count_prompt(self, request: SimRequest) -> None:
@@ -289,11 +288,9 @@ class Engine:
             self.records.popitem(last=False)
         request.wake()
 
-    def _update_gauges(self) -> None:
-        metrics = self.metrics
-        metrics.num_requests_running = len(self.scheduler.running)
-        metrics.num_requests_waiting = len(self.scheduler.waiting)
-        metrics.kv_cache_usage_perc = self.cache.usage
+    def _gauges(self) -> tuple[int, int, float]:
+        """Running and waiting requests and KV cache usage now: what a step's scheduler stats would say."""
+        return len(self.scheduler.running), len(self.scheduler.waiting), self.cache.usage
 
     def _publish(self, sim_time: float) -> None:
         events = self.cache.take_events()

@@ -1,14 +1,14 @@
 """vLLM's Prometheus metrics for one replica: names, labels and bucket boundaries as vLLM exposes them.
 
-The engine updates plain counters and bucket arrays (a step may observe the same inter-token latency for a
-whole batch at once) and a collector turns them into metric families when `/metrics` is scraped, so the
-hot path takes no locks. Each replica has its own registry.
+The engine updates plain counters and bucket arrays, and a collector turns them into metric families when
+`/metrics` is scraped, so the hot path takes no locks; the gauges (running, waiting, KV usage) are read from
+the engine at scrape time. Each replica has its own registry.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -79,9 +79,7 @@ class ReplicaMetrics:
         self.model_name = config.model
         self.engine = str(engine_index)
         self.cache_config_labels = cache_config_info_labels(config, num_gpu_blocks, self.engine)
-        self.num_requests_running = 0
-        self.num_requests_waiting = 0
-        self.kv_cache_usage_perc = 0.0
+        self.gauge_source: Callable[[], tuple[int, int, float]] = lambda: (0, 0, 0.0)
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
         self.external_prefix_cache_queries = 0
@@ -105,6 +103,18 @@ class ReplicaMetrics:
         self.iteration_tokens = Histogram(ITERATION_TOKEN_BUCKETS)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
+
+    @property
+    def num_requests_running(self) -> int:
+        return self.gauge_source()[0]
+
+    @property
+    def num_requests_waiting(self) -> int:
+        return self.gauge_source()[1]
+
+    @property
+    def kv_cache_usage_perc(self) -> float:
+        return self.gauge_source()[2]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -107,32 +107,39 @@ class Scheduler:
         plan = StepPlan(start)
         budget = self.max_num_batched_tokens
         cache = self.cache
+        block_size = cache.block_size
         decoding: list[tuple[SimRequest, bool]] = []
         prefilling: list[tuple[SimRequest, bool]] = []
         for request in self.running:
-            if request.num_output_tokens and request.num_computed_tokens == request.num_tokens - 1:
+            num_tokens = len(request.token_ids)
+            if num_tokens > request.num_prompt_tokens and request.num_computed_tokens == num_tokens - 1:
                 decoding.append((request, True))
             else:
                 prefilling.append((request, False))
-        order = decoding + prefilling
+        order = decoding + prefilling if prefilling else decoding
         position = 0
         while position < len(order) and budget > 0:
             request, is_decode = order[position]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._make_room(request, num_new, order, plan):
+            num_tokens = len(request.token_ids)
+            num_new = min(num_tokens - request.num_computed_tokens, budget)
+            computed = request.num_computed_tokens + num_new
+            if computed > len(request.blocks) * block_size and not self._make_room(
+                request, num_new, order, plan
+            ):
                 break
             position += 1
             budget -= num_new
             if is_decode:
                 plan.decodes.append(request)
-                plan.decode_context_tokens += request.num_tokens
+                plan.decode_context_tokens += num_tokens
             else:
                 computed_by_chunks = request.num_computed_tokens - request.prefill_base_tokens
                 plan.prefills.append(
                     PrefillChunk(request, num_new, request.prefill_base_tokens, computed_by_chunks)
                 )
-            request.num_computed_tokens += num_new
-            cache.cache_full_blocks(request)
+            request.num_computed_tokens = computed
+            if computed // block_size > request.num_cached_blocks:
+                cache.cache_full_blocks(request)
         if not plan.preempted:
             self._admit(plan, budget)
         return plan
