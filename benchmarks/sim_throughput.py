@@ -45,6 +45,11 @@ class RunResult:
     def chunks_per_s(self) -> float:
         return self.chunks / self.seconds
 
+    @property
+    def requests_per_cpu_second(self) -> float:
+        """Throughput per second of CPU the simulator got: what the figure would be on a core of its own."""
+        return self.requests / (self.sim_cpu * self.seconds) if self.sim_cpu else 0.0
+
 
 async def stream_forever(
     session: aiohttp.ClientSession, url: str, stream_id: int, tokens: int, stop_at: float, totals: list[int]
@@ -134,14 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(
                 f"  run {run}: {result.requests_per_s:7.1f} requests/s  {result.chunks_per_s:9.0f} chunks/s  "
-                f"sim CPU {result.sim_cpu:4.0%}  client CPU {result.client_cpu:4.0%}  "
-                f"failures {result.failures}"
+                f"sim CPU {result.sim_cpu:4.0%} ({result.requests_per_cpu_second:5.0f} requests/CPU-s)  "
+                f"client CPU {result.client_cpu:4.0%}  failures {result.failures}"
             )
     median = statistics.median
     print(
         f"median: {median(r.requests_per_s for r in results):.1f} requests/s, "
         f"{median(r.chunks_per_s for r in results):.0f} chunks/s, "
-        f"sim process CPU {median(r.sim_cpu for r in results):.0%} of one core, "
+        f"sim process CPU {median(r.sim_cpu for r in results):.0%} of one core "
+        f"({median(r.requests_per_cpu_second for r in results):.0f} requests per CPU-second), "
         f"client CPU {median(r.client_cpu for r in results):.0%}"
     )
     return 1 if any(r.failures for r in results) else 0
