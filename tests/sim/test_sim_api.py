@@ -1,10 +1,13 @@
 """The OpenAI-compatible API as vLLM speaks it, through the official openai client and raw HTTP."""
 
+import asyncio
+
 import httpx
 import openai
 import orjson
 import pytest
 
+from gateway.chat_template import render_chat
 from tests.sim.simtools import MODEL, client_for, stream_chat
 
 MESSAGES = [
@@ -210,3 +213,40 @@ async def test_the_openai_client_surfaces_the_errors(start_fleet):
             model=MODEL, messages=[{"role": "user", "content": "y" * 8000}], stream=True
         )
     assert too_long.value.body["param"] == "input_tokens"
+
+
+async def test_a_client_that_goes_away_aborts_its_request(start_fleet):
+    fleet = await start_fleet(time_scale=10)
+    async with httpx.AsyncClient(base_url=fleet.urls[0]) as http:
+        body = {"messages": MESSAGES, "max_tokens": 500, "stream": True}
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break
+    for _ in range(200):
+        if fleet[0].metrics.request_success["abort"]:
+            break
+        await asyncio.sleep(0.01)
+    assert fleet[0].metrics.request_success["abort"] == 1
+    assert fleet[0].engine.scheduler.running == []
+
+
+async def test_a_hugging_face_tokenizer_file_is_served(start_fleet, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = ["fix the bug and run all new test code for the api and cli", "You are a coding agent ."] * 5
+    tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+
+    fleet = await start_fleet(time_scale=1000, tokenizer=str(path))
+    client = client_for(fleet.urls[0])
+    first = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6)
+    second = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6)
+    text = first.choices[0].message.content
+    assert first.usage.completion_tokens == 6 and text
+    assert set(text) <= set("".join(corpus)), "generated tokens are words of the served tokenizer"
+    assert first.usage.prompt_tokens == len(tokenizer.encode(render_chat(MESSAGES)).ids)
+    assert second.usage.prompt_tokens_details.cached_tokens > 0
