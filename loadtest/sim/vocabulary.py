@@ -34,9 +34,13 @@ class OutputVocabulary:
             seen: set[int] = set()
             for word in FOUR_BYTE_WORDS:
                 ids = tokenizer.encode(" " + word.strip())
-                if len(ids) == 1 and ids[0] not in seen:
-                    seen.add(ids[0])
-                    words.append((ids[0], tokenizer.decode(ids)))
+                if len(ids) != 1 or ids[0] in seen:
+                    continue
+                text = tokenizer.decode(ids)
+                if text.strip() != word.strip():  # an unknown-word token such as [UNK] is no word
+                    continue
+                seen.add(ids[0])
+                words.append((ids[0], text))
             if len(words) < 8:
                 raise ValueError(f"tokenizer {tokenizer.name} encodes too few common words as single tokens")
         self.token_ids = [token_id for token_id, _ in words]
