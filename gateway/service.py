@@ -84,7 +84,7 @@ class GatewayService:
         )
         self.router = Router(self.replicas, self.index, self.policy, self.hasher, self.profile, self.metrics)
         self.monitor = ReplicaMonitor(
-            self.replicas, self.upstream, config.health, on_geometry=self._learn_geometry
+            self.replicas, self.upstream, config.health, on_geometry=self._learn_geometry, on_out=self._forget
         )
         retries, upstream_key = config.upstream.max_retries, config.upstream.api_key
         self.proxy = Proxy(self.upstream, self.router, self.monitor, self.metrics, retries, upstream_key)
