@@ -1,11 +1,12 @@
 """Following one engine's KV event stream: subscribe, check sequence numbers, replay gaps, reconnect.
 
 Messages are `[topic, seq, payload]`, seq an 8-byte big-endian counter from 0 per publisher. A jump
-forward is a gap: the missing batches are asked of the replay endpoint (a DEALER sends `["",
-start_seq]` and reads `[seq, payload]` or `[topic, seq, payload]` until a seq of all 0xff bytes) and
-applied first. A live seq of 0 after others means the publisher restarted, with an empty cache: the
-engine's entries are dropped and the stream followed from there. Any other step back, and anything
-malformed, is counted and skipped. ZeroMQ reconnects by itself when a publisher comes back.
+forward is a gap, and a first message after 0 a late join: the missing batches are asked of the replay
+endpoint (a DEALER sends `["", start_seq]` and reads `[seq, payload]` or `[topic, seq, payload]` until
+a seq of all 0xff bytes) and applied first. A live seq of 0 after others means the publisher
+restarted, with an empty cache: the engine's entries are dropped and the stream followed from there.
+Any other step back, and anything malformed, is counted and skipped. ZeroMQ reconnects by itself
+when a publisher comes back.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ class EventStream:
             else:
                 self._count(self.replica, "out_of_order")
                 return
-        if self.last_seq is not None and seq > self.last_seq + 1:
+        if self.last_seq is None and seq > 0 and self.replay_endpoint:
+            await self.replay(0, seq)  # joined late: what the publisher still buffers comes first
+        elif self.last_seq is not None and seq > self.last_seq + 1:
             self._count(self.replica, "gap")
             await self.replay(self.last_seq + 1, seq)
         self._decode_and_apply(seq, parts[2])
