@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from gateway import __version__
-from gateway.auth import bearer_token, tenant_salt
+from gateway.auth import bearer_token
 from gateway.config import GatewayConfig
 from gateway.errors import APIError
-from gateway.request import Kind, check_body_size, parse_request
+from gateway.inference import InferenceEndpoints
+from gateway.request import Kind, parse_request
 from gateway.service import GatewayService
 
 log = logging.getLogger("kvgate")
@@ -52,6 +52,21 @@ _COMPLETION_SCHEMA = {
 }
 
 
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "code": {"type": "integer"},
+            },
+        }
+    },
+}
+
+
 def _json_body(schema: dict) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
@@ -60,7 +75,8 @@ def _error_response(error: APIError) -> Response:
     return Response(error.json(), status_code=error.status, media_type="application/json")
 
 
-def create_app(config: GatewayConfig, service: GatewayService | None = None) -> FastAPI:
+def create_app(config: GatewayConfig, service: GatewayService | None = None) -> InferenceEndpoints:
+    """The gateway's ASGI app: the lean inference endpoints in front of a FastAPI app for the rest."""
     gateway = service or GatewayService(config)
 
     @asynccontextmanager
@@ -91,56 +107,9 @@ def create_app(config: GatewayConfig, service: GatewayService | None = None) -> 
         log.exception("unexpected error serving a request")
         return _error_response(APIError(500, "Internal error in the gateway; it has been logged."))
 
-    async def read_body(request: Request) -> bytes:
-        limit = config.upstream.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit():
-            check_body_size(int(declared), limit)
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(config.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    check_body_size(size, limit)
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise APIError(
-                408, f"The request body took longer than {config.body_timeout_s:g} s to arrive."
-            ) from None
-        return b"".join(chunks)
-
-    def tenant_of(request: Request) -> str:
-        if gateway.api_keys is None:
-            return ""
-        return gateway.api_keys.tenant_of(bearer_token(request.headers.get("authorization")))
-
-    async def serve(kind: Kind, path: str, request: Request) -> Response:
-        arrived = time.monotonic()
-        if gateway.shutting_down:
-            raise APIError(503, "The gateway is shutting down; retry on another instance.")
-        tenant = tenant_of(request)
-        raw = await read_body(request)
-        parsed = parse_request(kind, raw, request.headers.get("x-session-id"))
-        if tenant:
-            parsed.tenant = tenant
-            if config.auth.inject_cache_salt and parsed.cache_salt is None:
-                parsed.cache_salt = parsed.body["cache_salt"] = tenant_salt(tenant)
-        model = gateway.resolve_model(parsed.model)
-        decision = await gateway.router.route(parsed, model)
-        return await gateway.proxy.forward(path, parsed, decision, arrived, dict(request.headers))
-
-    @app.post("/v1/chat/completions", openapi_extra=_json_body(_CHAT_SCHEMA))
-    async def chat_completions(request: Request) -> Response:
-        return await serve("chat", "/v1/chat/completions", request)
-
-    @app.post("/v1/completions", openapi_extra=_json_body(_COMPLETION_SCHEMA))
-    async def completions(request: Request) -> Response:
-        return await serve("completion", "/v1/completions", request)
-
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
-        tenant_of(request)
+        gateway.tenant_of(bearer_token(request.headers.get("authorization")))
         return JSONResponse({"object": "list", "data": gateway.model_cards()})
 
     @app.get("/health")
@@ -161,12 +130,29 @@ def create_app(config: GatewayConfig, service: GatewayService | None = None) -> 
     async def debug_route(request: Request) -> Response:
         _require_admin(gateway.admin_token, request)
         kind: Kind = "completion" if request.query_params.get("kind") == "completion" else "chat"
-        parsed = parse_request(kind, await read_body(request), request.headers.get("x-session-id"))
+        parsed = parse_request(kind, await request.body(), request.headers.get("x-session-id"))
         model = gateway.resolve_model(parsed.model)
         decision = await gateway.router.route(parsed, model)
         return JSONResponse(_explain(decision))
 
-    return app
+    app.openapi = lambda: _openapi_with_inference(app)
+    return InferenceEndpoints(app, gateway)
+
+
+def _openapi_with_inference(app: FastAPI) -> dict:
+    """FastAPI's schema, plus the two inference endpoints that the lean ASGI handler serves."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        error = {
+            "description": "An OpenAI-shaped error",
+            "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+        }
+        for path, body in (("/v1/chat/completions", _CHAT_SCHEMA), ("/v1/completions", _COMPLETION_SCHEMA)):
+            responses = {"200": {"description": "The completion, or a text/event-stream of chunks"}}
+            responses |= {str(code): error for code in (400, 401, 404, 408, 413, 502, 503)}
+            schema["paths"][path] = {"post": {**_json_body(body), "responses": responses}}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _require_admin(admin_token: str | None, request: Request) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
-from starlette.responses import Response, StreamingResponse
 
 from gateway.errors import APIError
 from gateway.health import ReplicaMonitor
@@ -31,8 +31,20 @@ log = logging.getLogger("kvgate.proxy")
 _FORWARDED_RESPONSE_HEADERS = ("content-type", "x-request-id")
 
 
+@dataclass(slots=True)
+class Reply:
+    """What goes back to the client: a status, headers, and a body, or a stream of SSE bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    close: Callable[[], None] | None = None
+    """Releases the stream's upstream connection and load, whether or not the stream was ever read."""
+
+
 class _RetryableFailure(Exception):
-    def __init__(self, kind: str, detail: str, response: Response | None = None) -> None:
+    def __init__(self, kind: str, detail: str, response: Reply | None = None) -> None:
         super().__init__(detail)
         self.kind = kind
         self.response = response
@@ -62,7 +74,7 @@ class Proxy:
         decision: Decision,
         arrived: float,
         headers: dict[str, str],
-    ) -> Response:
+    ) -> Reply:
         body = request.upstream_body()
         upstream_headers = self._upstream_headers(headers)
         attempts = decision.ranking.replicas[: 1 + self.max_retries]
@@ -82,11 +94,14 @@ class Proxy:
                 )
                 last_failure = failure
                 continue
+            except BaseException:  # cancelled: the client left before the first byte
+                dispatch.close()
+                raise
             self.monitor.report_success(replica)
-            self.metrics.responses.labels(decision.model, str(response.status_code)).inc()
+            self.metrics.responses.labels(decision.model, str(response.status)).inc()
             return response
         if last_failure is not None and last_failure.response is not None:
-            self.metrics.responses.labels(decision.model, str(last_failure.response.status_code)).inc()
+            self.metrics.responses.labels(decision.model, str(last_failure.response.status)).inc()
             return last_failure.response
         self.metrics.responses.labels(decision.model, "502").inc()
         detail = f"{last_failure.kind}: {last_failure}" if last_failure else "no replica to try"
@@ -110,7 +125,7 @@ class Proxy:
         decision: Decision,
         dispatch: Dispatch,
         arrived: float,
-    ) -> Response:
+    ) -> Reply:
         replica = dispatch.replica
         try:
             upstream = await self.upstream.session.post(replica.url + path, data=body, headers=headers)
@@ -125,7 +140,7 @@ class Proxy:
                 raise _RetryableFailure(
                     f"status_{upstream.status}",
                     content[:200].decode(errors="replace"),
-                    Response(content, upstream.status, headers=_response_headers(upstream)),
+                    Reply(upstream.status, _response_headers(upstream), content),
                 )
             if request.stream and upstream.status == 200:
                 first = await upstream.content.readany()
@@ -133,11 +148,10 @@ class Proxy:
                     raise _RetryableFailure("read", "the stream ended before its first byte")
             else:
                 content = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except BaseException as exc:
             upstream.close()
-            raise _RetryableFailure("read", str(exc) or type(exc).__name__) from None
-        except _RetryableFailure:
-            upstream.close()
+            if isinstance(exc, aiohttp.ClientError | TimeoutError):
+                raise _RetryableFailure("read", str(exc) or type(exc).__name__) from None
             raise
 
         if not request.stream or upstream.status != 200:
@@ -148,14 +162,16 @@ class Proxy:
                 self._record_first_token(decision, dispatch, now - arrived)
                 self._record_usage(decision, dispatch, _usage_of(content))
                 self._latency(decision, dispatch).observe(now - arrived)
-            return Response(content, upstream.status, headers=_response_headers(upstream))
+            return Reply(upstream.status, _response_headers(upstream), content)
 
         relay = SSERelay(strip_usage=not request.client_wants_usage)
-        return StreamingResponse(
-            self._relay(first, upstream, relay, decision, dispatch, arrived),
-            status_code=200,
-            headers=_response_headers(upstream),
-        )
+
+        def close() -> None:
+            dispatch.close()
+            upstream.close()  # after a complete relay the connection is back in the pool: nothing to do
+
+        stream = self._relay(first, upstream, relay, decision, dispatch, arrived)
+        return Reply(200, _response_headers(upstream), stream=stream, close=close)
 
     async def _relay(
         self,

@@ -113,7 +113,9 @@ class Router:
         blocks = decision.blocks
         cached = predicted_cached_tokens(decision.context, replica)
         new = max(1.0, blocks.prompt_tokens - cached)
-        prefill_s = self.profile.prefill.seconds(new, cached)
+        # what this prefill adds to the replica's queue: the engine batches prefills into one pass per
+        # step, so queued work costs its per-token time, not another pass's fixed cost
+        prefill_s = self.profile.prefill.chunk_seconds(new, cached)
         estimate = next((e for e in decision.ranking.estimates if e.replica == replica.name), None)
         predicted = estimate.unscaled_s if estimate else replica.load.queued_prefill_seconds + prefill_s
         dispatch = Dispatch(replica, cached, new, prefill_s, predicted)

@@ -239,6 +239,10 @@ class GatewayService:
                 cards.setdefault(model, card)
         return [cards[name] for name in sorted(cards)]
 
+    def tenant_of(self, token: str | None) -> str:
+        """The tenant of a client's API key ('' when client authentication is off); 401 otherwise."""
+        return "" if self.api_keys is None else self.api_keys.tenant_of(token)
+
     def ready(self) -> bool:
         return not self.shutting_down and any(replica.routable for replica in self.replicas)
 

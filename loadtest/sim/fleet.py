@@ -17,19 +17,14 @@ In a subprocess, for benchmarks (the simulator gets its own core):
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from types import TracebackType
 
-import httpx
-
 from gateway.tokenizer import load_tokenizer
+from loadtest.process import KvgateProcess
 from loadtest.sim.clock import SimClock
 from loadtest.sim.config import SimConfig
 from loadtest.sim.replica import Replica
@@ -134,7 +129,7 @@ def free_port_range(count: int, host: str = "127.0.0.1", attempts: int = 50) -> 
     raise RuntimeError(f"found no {count} consecutive free ports")
 
 
-class SimProcess:
+class SimProcess(KvgateProcess):
     """`python -m gateway sim` in a subprocess; `start()` returns once every replica's /health answers."""
 
     def __init__(
@@ -149,104 +144,10 @@ class SimProcess:
     ) -> None:
         self.replicas = replicas
         self.host = host
-        self.port = port
-        self.extra_args = list(extra_args)
-        self.startup_timeout = startup_timeout
-        self.python = python
-        self.stdout = stdout
-        self.process: subprocess.Popen[bytes] | None = None
-        self._stderr: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self.port = port if port is not None else free_port_range(replicas, host)
+        args = ["sim", "--replicas", str(replicas), "--port", str(self.port), "--host", host, *extra_args]
+        super().__init__(args, [url + "/health" for url in self.urls], startup_timeout, python, stdout)
 
     @property
     def urls(self) -> list[str]:
-        assert self.port is not None
         return [f"http://{self.host}:{self.port + index}" for index in range(self.replicas)]
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> SimProcess:
-        if self.port is None:
-            self.port = free_port_range(self.replicas, self.host)
-        command = [
-            self.python, "-m", "gateway", "sim",
-            "--replicas", str(self.replicas), "--port", str(self.port), "--host", self.host,
-            *self.extra_args,
-        ]  # fmt: skip
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-        }
-        self._stderr = tempfile.NamedTemporaryFile(prefix="kvgate-sim-", suffix=".log")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(command, stdout=self.stdout, stderr=self._stderr, env=env)
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_healthy(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        pending = list(self.urls)
-        with httpx.Client(timeout=1.0) as client:
-            while pending:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"kvgate sim exited with {self.process.returncode}: {self.stderr_text()}"
-                    )
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"kvgate sim replicas not healthy after {self.startup_timeout} s: {pending}"
-                    )
-                try:
-                    if client.get(pending[0] + "/health").status_code == 200:
-                        pending.pop(0)
-                        continue
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        process, self.process = self.process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        return process.returncode
-
-    def stderr_text(self) -> str:
-        """What the simulator has written to stderr so far."""
-        if self._stderr is None:
-            return ""
-        with open(self._stderr.name, "rb") as log:
-            return log.read().decode(errors="replace").strip()
-
-    def __enter__(self) -> SimProcess:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> SimProcess:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)

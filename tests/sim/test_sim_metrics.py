@@ -93,7 +93,8 @@ async def test_metrics_parse_and_carry_vllms_names_labels_and_buckets(start_flee
 
 
 async def test_gauges_follow_load_and_preemptions_are_counted(start_fleet):
-    fleet = await start_fleet(time_scale=20, hbm_blocks=40, max_model_len=640, max_num_seqs=8)
+    # a low time scale: the requests last long enough (about half a second) for scrapes to see them
+    fleet = await start_fleet(time_scale=5, hbm_blocks=40, max_model_len=640, max_num_seqs=8)
     client = client_for(fleet.urls[0])
     observed = []
 

@@ -1,0 +1,150 @@
+"""What the gateway adds to time to first token, measured side by side with going direct.
+
+Starts simulated replicas (`kvgate sim`, its own process, a high time scale so the engine itself takes
+next to no time) and the gateway (`kvgate serve`, its own process), then sends an open loop of streamed
+chat requests at a fixed rate from this process. Requests alternate, one by one, between a replica
+directly (round robin) and the gateway, so both paths see the same moment of the same machine. TTFT is
+the arrival of the first SSE event. Bounded in time; prints percentiles and their differences.
+
+    python benchmarks/gateway_overhead.py                 # 200 requests/s for 60 s, 4 replicas
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+
+import aiohttp
+import orjson
+import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from loadtest.process import GatewayProcess
+from loadtest.sim import SimProcess
+
+MODEL = "sim-llama3-8b"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def prompt(conversation: int, turn: int) -> list[dict]:
+    system = {"role": "system", "content": "You are a coding agent in a large repository. " * 20}
+    history = [{"role": "user", "content": f"conversation {conversation}, step {step}: " + "data " * 40}
+               for step in range(turn + 1)]  # fmt: skip
+    return [system, *history]
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, float] | None:
+    started = time.perf_counter()
+    first = 0.0
+    async with session.post(url + "/v1/chat/completions", data=body) as response:
+        if response.status != 200:
+            await response.read()
+            return None
+        async for _ in response.content.iter_any():
+            if not first:
+                first = time.perf_counter() - started
+    return first, time.perf_counter() - started
+
+
+async def drive(direct: list[str], gateway: str, rate: float, seconds: float, warmup: float, tokens: int):
+    results: dict[str, list[tuple[float, float]]] = {"direct": [], "gateway": []}
+    failures = {"direct": 0, "gateway": 0}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        tasks: set[asyncio.Task] = set()
+        start = time.perf_counter()
+        recording_from = start + warmup
+        sent = 0
+        while (now := time.perf_counter()) < start + warmup + seconds:
+            due = start + sent / rate
+            if due > now:
+                await asyncio.sleep(due - now)
+            path = "gateway" if sent % 2 else "direct"
+            url = gateway if path == "gateway" else direct[(sent // 2) % len(direct)]
+            conversation = sent // 2 % 64
+            body = orjson.dumps({"model": MODEL, "messages": prompt(conversation, sent // 128 % 8),
+                                 "max_tokens": tokens, "stream": True})  # fmt: skip
+            record = time.perf_counter() >= recording_from
+
+            async def run(path=path, url=url, body=body, record=record) -> None:
+                try:
+                    outcome = await one_request(session, url, body)
+                except (aiohttp.ClientError, TimeoutError):
+                    outcome = None
+                if record:
+                    if outcome is None:
+                        failures[path] += 1
+                    else:
+                        results[path].append(outcome)
+
+            task = asyncio.create_task(run())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.gather(*tasks)
+    return results, failures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second, both paths together")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured duration")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--time-scale", type=float, default=1000.0)
+    parser.add_argument("--policy", default="affinity")
+    args = parser.parse_args()
+
+    sim_args = ["--time-scale", str(args.time_scale), "--max-model-len", "16384", "--hbm-blocks", "20000"]
+    with SimProcess(replicas=args.replicas, extra_args=sim_args) as sim:
+        gateway_args = ["--replicas", ",".join(sim.urls), "--policy", args.policy, "--log-level", "warning"]
+        with GatewayProcess(extra_args=gateway_args) as gateway:
+            processes = {"sim": psutil.Process(sim.pid), "gateway": psutil.Process(gateway.pid),
+                         "client": psutil.Process()}  # fmt: skip
+            before = {name: p.cpu_times() for name, p in processes.items()}
+            wall = time.perf_counter()
+            results, failures = asyncio.run(
+                drive(sim.urls, gateway.url, args.rate, args.seconds, args.warmup, args.max_tokens)
+            )
+            wall = time.perf_counter() - wall
+            cpu = {
+                name: (sum(p.cpu_times()[:2]) - sum(before[name][:2])) / wall for name, p in processes.items()
+            }
+
+    print(f"gateway overhead: {args.rate:g} streamed requests/s for {args.seconds:g} s (+{args.warmup:g} s warm-up), "
+          f"{args.replicas} simulated replicas at time scale {args.time_scale:g}, {args.max_tokens} tokens each, "
+          f"policy {args.policy}")  # fmt: skip
+    print(
+        f"{'':10}{'requests':>10}{'failed':>8}{'TTFT p50':>12}{'p90':>10}{'p99':>10}{'e2e p50':>11}{'p99':>10}"
+    )
+    rows = {}
+    for path in ("direct", "gateway"):
+        ttft = [r[0] * 1e3 for r in results[path]]
+        e2e = [r[1] * 1e3 for r in results[path]]
+        rows[path] = {q: percentile(ttft, q) for q in (0.5, 0.9, 0.99)} | {"e2e50": percentile(e2e, 0.5),
+                                                                          "e2e99": percentile(e2e, 0.99)}  # fmt: skip
+        row = rows[path]
+        print(f"{path:10}{len(ttft):>10}{failures[path]:>8}{row[0.5]:>10.2f}ms{row[0.9]:>8.2f}ms{row[0.99]:>8.2f}ms"
+              f"{row['e2e50']:>9.2f}ms{row['e2e99']:>8.2f}ms")  # fmt: skip
+    added = {q: rows["gateway"][q] - rows["direct"][q] for q in (0.5, 0.9, 0.99)}
+    print(f"{'added':10}{'':18}{added[0.5]:>+10.2f}ms{added[0.9]:>+8.2f}ms{added[0.99]:>+8.2f}ms")
+    print("CPU share of one core: " + ", ".join(f"{name} {share:.0%}" for name, share in cpu.items()))
+    print(f"direct mean TTFT {statistics.fmean(r[0] for r in results['direct']) * 1e3:.2f} ms, "
+          f"gateway mean TTFT {statistics.fmean(r[0] for r in results['gateway']) * 1e3:.2f} ms")  # fmt: skip
+    return 0 if not any(failures.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
