@@ -123,18 +123,27 @@ def main() -> int:
                 name: (sum(p.cpu_times()[:2]) - sum(before[name][:2])) / wall for name, p in processes.items()
             }
 
-    print(f"gateway overhead: {args.rate:g} streamed requests/s for {args.seconds:g} s (+{args.warmup:g} s warm-up), "
-          f"{args.replicas} simulated replicas at time scale {args.time_scale:g}, {args.max_tokens} tokens each, "
-          f"policy {args.policy}")  # fmt: skip
     print(
-        f"{'':10}{'requests':>10}{'failed':>8}{'TTFT p50':>12}{'p90':>10}{'p99':>10}{'e2e p50':>11}{'p99':>10}"
+        f"gateway overhead: {args.rate:g} streamed requests/s for {args.seconds:g} s"
+        f" (+{args.warmup:g} s warm-up), {args.replicas} simulated replicas"
+        f" at time scale {args.time_scale:g}, {args.max_tokens} tokens each, policy {args.policy}"
     )
+    columns = (
+        ("requests", 10),
+        ("failed", 8),
+        ("TTFT p50", 12),
+        ("p90", 10),
+        ("p99", 10),
+        ("e2e p50", 11),
+        ("p99", 10),
+    )
+    print(" " * 10 + "".join(f"{name:>{width}}" for name, width in columns))
     rows = {}
     for path in ("direct", "gateway"):
         ttft = [r[0] * 1e3 for r in results[path]]
         e2e = [r[1] * 1e3 for r in results[path]]
-        rows[path] = {q: percentile(ttft, q) for q in (0.5, 0.9, 0.99)} | {"e2e50": percentile(e2e, 0.5),
-                                                                          "e2e99": percentile(e2e, 0.99)}  # fmt: skip
+        rows[path] = {q: percentile(ttft, q) for q in (0.5, 0.9, 0.99)}
+        rows[path] |= {"e2e50": percentile(e2e, 0.5), "e2e99": percentile(e2e, 0.99)}
         row = rows[path]
         print(f"{path:10}{len(ttft):>10}{failures[path]:>8}{row[0.5]:>10.2f}ms{row[0.9]:>8.2f}ms{row[0.99]:>8.2f}ms"
               f"{row['e2e50']:>9.2f}ms{row['e2e99']:>8.2f}ms")  # fmt: skip

@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
         log_level=config.log_level,
         timeout_graceful_shutdown=max(1, int(config.shutdown_grace_s)),
     )
