@@ -24,34 +24,53 @@ from gateway.service import GatewayService
 
 log = logging.getLogger("kvgate")
 
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string"},
+        "content": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}]
+        },
+        "tool_calls": {"type": "array", "items": {"type": "object"}},
+        "tool_call_id": {"type": "string"},
+    },
+}
+_COMMON = {
+    "model": {"type": "string"},
+    "stream": {"type": "boolean"},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    "max_tokens": {"type": "integer", "minimum": 0},
+    "cache_salt": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^@/\\\\\\x00]*$"},
+}
 _CHAT_SCHEMA = {
     "type": "object",
     "required": ["messages"],
     "properties": {
-        "model": {"type": "string"},
-        "messages": {"type": "array", "items": {"type": "object"}},
-        "stream": {"type": "boolean"},
-        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-        "max_tokens": {"type": "integer"},
-        "max_completion_tokens": {"type": "integer"},
-        "cache_salt": {"type": "string"},
-        "tools": {"type": "array"},
+        **_COMMON,
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+        "max_completion_tokens": {"type": "integer", "minimum": 0},
+        "tools": {"type": "array", "items": {"type": "object"}},
     },
 }
 _COMPLETION_SCHEMA = {
     "type": "object",
     "required": ["prompt"],
     "properties": {
-        "model": {"type": "string"},
-        "prompt": {"oneOf": [{"type": "string"}, {"type": "array"}]},
-        "stream": {"type": "boolean"},
-        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-        "max_tokens": {"type": "integer"},
-        "cache_salt": {"type": "string"},
+        **_COMMON,
+        "prompt": {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "integer", "minimum": 0, "maximum": 4294967295},
+                },
+            ]
+        },
     },
 }
-
-
 _ERROR_SCHEMA = {
     "type": "object",
     "properties": {
@@ -126,7 +145,7 @@ def create_app(config: GatewayConfig, service: GatewayService | None = None) -> 
     async def metrics() -> Response:
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/debug/route", openapi_extra=_json_body({"type": "object"}))
+    @app.post("/debug/route", openapi_extra=_json_body(_CHAT_SCHEMA))
     async def debug_route(request: Request) -> Response:
         _require_admin(gateway.admin_token, request)
         kind: Kind = "completion" if request.query_params.get("kind") == "completion" else "chat"
@@ -135,24 +154,25 @@ def create_app(config: GatewayConfig, service: GatewayService | None = None) -> 
         decision = await gateway.router.route(parsed, model)
         return JSONResponse(_explain(decision))
 
-    app.openapi = lambda: _openapi_with_inference(app)
+    app.openapi = lambda: _openapi_with_inference(app, sorted(gateway.replicas.models()))
     return InferenceEndpoints(app, gateway)
 
 
-def _openapi_with_inference(app: FastAPI) -> dict:
-    """FastAPI's schema, plus the two inference endpoints that the lean ASGI handler serves."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        error = {
-            "description": "An OpenAI-shaped error",
-            "content": {"application/json": {"schema": _ERROR_SCHEMA}},
-        }
-        for path, body in (("/v1/chat/completions", _CHAT_SCHEMA), ("/v1/completions", _COMPLETION_SCHEMA)):
-            responses = {"200": {"description": "The completion, or a text/event-stream of chunks"}}
-            responses |= {str(code): error for code in (400, 401, 404, 408, 413, 502, 503)}
-            schema["paths"][path] = {"post": {**_json_body(body), "responses": responses}}
-        app.openapi_schema = schema
-    return app.openapi_schema
+def _openapi_with_inference(app: FastAPI, models: list[str]) -> dict:
+    """FastAPI's schema, plus the two inference endpoints that the lean ASGI handler serves, with the
+    models the gateway serves right now."""
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    error = {
+        "description": "An OpenAI-shaped error",
+        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+    }
+    model = {"type": "string", "enum": models} if models else {"type": "string"}
+    for path, body in (("/v1/chat/completions", _CHAT_SCHEMA), ("/v1/completions", _COMPLETION_SCHEMA)):
+        body = {**body, "properties": {**body["properties"], "model": model}}
+        responses = {"200": {"description": "The completion, or a text/event-stream of chunks"}}
+        responses |= {str(code): error for code in (400, 401, 404, 408, 413, 502, 503)}
+        schema["paths"][path] = {"post": {**_json_body(body), "responses": responses}}
+    return schema
 
 
 def _require_admin(admin_token: str | None, request: Request) -> None:
