@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.policies import PolicyName
 from gateway.profiles import PROFILE_NAMES
@@ -152,20 +152,42 @@ class PreciseConfig(_Section):
 
 
 class DiscoveryConfig(_Section):
-    kind: Literal["static", "kubernetes", "dns"] = "static"
+    kind: Literal["static", "kubernetes", "dns"] = Field(
+        default="static", description="static: `replicas` only; kubernetes: the API; dns: a headless Service."
+    )
     models: list[str] = Field(
         default_factory=list, description="Models of discovered replicas; empty: read each one's /v1/models."
     )
-    namespace: str = "default"
+    namespace: str = Field(default="default", description="The namespace to watch (kind: kubernetes).")
     service: str | None = Field(default=None, description="Watch this Service's EndpointSlices.")
     label_selector: str | None = Field(default=None, description="Or watch Pods matching this selector.")
     port: int | None = Field(default=None, ge=1, le=65535, description="The replicas' HTTP port, by number.")
     port_name: str = Field(default="http", description="Or by name on the EndpointSlice / container.")
-    kv_events_port_name: str = "kv-events"
-    kv_events_replay_port_name: str = "kv-replay"
+    kv_events_port_name: str = Field(
+        default="kv-events", description="The port name of the KV events publisher (a Pod annotation wins)."
+    )
+    kv_events_replay_port_name: str = Field(
+        default="kv-replay", description="The port name of its replay endpoint (a Pod annotation wins)."
+    )
+    kv_events_port: int | None = Field(
+        default=None, ge=1, le=65535, description="The replicas' KV events port, by number (kind: dns)."
+    )
+    kv_events_replay_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Their KV events replay port, by number (kind: dns)."
+    )
     kubeconfig: str | None = Field(default=None, description="Empty: the in-cluster service account.")
     dns_name: str | None = Field(default=None, description="A headless Service's DNS name, for kind: dns.")
-    interval_s: float = Field(default=5.0, gt=0, description="DNS re-resolution and resync period.")
+    interval_s: float = Field(default=5.0, gt=0, description="DNS re-resolution period.")
+
+    @model_validator(mode="after")
+    def _source_named(self) -> DiscoveryConfig:
+        if self.kind == "kubernetes" and not (self.service or self.label_selector):
+            raise ValueError("kind: kubernetes needs discovery.service or discovery.label_selector")
+        if self.kind == "kubernetes" and self.service and self.label_selector:
+            raise ValueError("set discovery.service or discovery.label_selector, not both")
+        if self.kind == "dns" and not (self.dns_name and self.port):
+            raise ValueError("kind: dns needs discovery.dns_name and discovery.port")
+        return self
 
 
 class UpstreamConfig(_Section):

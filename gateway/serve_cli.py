@@ -69,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kvgate serve: {exc}", file=sys.stderr)
         return 2
-    if not config.replicas:
+    if not config.replicas and config.discovery.kind == "static":
         print(
-            "kvgate serve: no replicas configured (--replica URL, --replicas, or 'replicas' in the config)",
+            "kvgate serve: no replicas configured (--replica URL, --replicas, 'replicas' in the config,"
+            " or discovery.kind kubernetes or dns)",
             file=sys.stderr,
         )
         return 2

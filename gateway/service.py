@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -10,6 +11,7 @@ from gateway.auth import APIKeys, read_secret
 from gateway.blocks import BlockHasher, ByteBlockHasher, TokenBlockHasher, Tokenize, local_tokenize
 from gateway.chat_template import load_chat_template
 from gateway.config import GatewayConfig, replica_capacity_tokens
+from gateway.discovery import make_discovery
 from gateway.discovery.base import Endpoint
 from gateway.errors import APIError, bad_request
 from gateway.health import CacheGeometry, ReplicaMonitor
@@ -94,6 +96,7 @@ class GatewayService:
         self.shutdown_deadline = 0.0
         self._discovered: set[str] = set()
         self._background: set[asyncio.Future] = set()
+        self._discovery_task: asyncio.Task | None = None
         auth = config.auth
         self.api_keys = APIKeys(auth.api_keys_file) if auth.api_keys_file else None
         self.admin_token = read_secret(config.admin_token, auth.admin_token_file)
@@ -158,10 +161,20 @@ class GatewayService:
         await self.monitor.start()
         if self.feeds is not None:
             await self.feeds.sync(self.replicas)
+        discovery = make_discovery(self.config.discovery)
+        if discovery is not None:
+            self._discovery_task = asyncio.create_task(
+                discovery.run(self.apply_endpoints), name="kvgate-discovery"
+            )
         models = sorted(self.replicas.models()) or "(no models yet)"
         log.info("routing %s over %d replicas with policy %s", models, len(self.replicas), self.policy.name)
 
     async def stop(self) -> None:
+        if self._discovery_task is not None:
+            self._discovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._discovery_task
+            self._discovery_task = None
         await self.monitor.stop()
         if self.feeds is not None:
             await self.feeds.stop()
@@ -174,6 +187,9 @@ class GatewayService:
         for endpoint in endpoints:
             seen.add(endpoint.name)
             replica = self.replicas.get(endpoint.name)
+            if replica is not None and replica.name in self._discovered and _moved(replica, endpoint):
+                await self._remove(replica.name)
+                replica = None
             if replica is None:
                 if not endpoint.ready or endpoint.terminating:
                     continue
@@ -258,3 +274,12 @@ class GatewayService:
 
     def drained(self) -> bool:
         return self.shutting_down and (self.in_flight() == 0 or time.monotonic() >= self.shutdown_deadline)
+
+
+def _moved(replica: Replica, endpoint: Endpoint) -> bool:
+    """Same name, new address: a recreated Pod (a StatefulSet's keeps its name), with an empty cache."""
+    return (replica.url, replica.kv_events_endpoint, replica.kv_events_replay_endpoint) != (
+        endpoint.url.rstrip("/"),
+        endpoint.kv_events,
+        endpoint.kv_events_replay,
+    )
