@@ -156,7 +156,8 @@ def test_gateway_pods_probe_health_and_readiness_and_leave_gracefully() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert spec["terminationGracePeriodSeconds"] >= pause + 30
+    config = yaml.safe_load(of_kind(rendered_objects({}), "ConfigMap")[0]["data"]["config.yaml"])
+    assert spec["terminationGracePeriodSeconds"] >= pause + config["shutdown_grace_s"]
     assert {c["topologyKey"] for c in spec["topologySpreadConstraints"]} == {
         "kubernetes.io/hostname",
         "topology.kubernetes.io/zone",
@@ -218,17 +219,25 @@ def test_secrets_are_referenced_never_rendered(tmp_path: Path) -> None:
     assert not of_kind(found, "Secret")
     (gateway,) = [d for d in of_kind(found, "Deployment") if d["metadata"]["name"] == "kvgate-all"]
     spec = gateway["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
     env = {
         item["name"]: item["valueFrom"]["secretKeyRef"]
-        for item in spec["containers"][0]["env"]
-        if "valueFrom" in item
+        for item in container["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
     }
-    assert env["KVGATE_ADMIN_TOKEN"] == {"name": "kvgate-admin", "key": "token"}
-    assert env["KVGATE_UPSTREAM__API_KEY"] == {"name": "vllm-api-key", "key": "key"}
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["redis-password"]["secret"]["secretName"] == "kvgate-redis"
+    assert env == {"KVGATE_UPSTREAM__API_KEY": {"name": "vllm-api-key", "key": "key"}}
+    secret_volumes = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert secret_volumes == {
+        "api-keys": "kvgate-api-keys",
+        "admin-token": "kvgate-admin",
+        "redis-password": "kvgate-redis",
+    }
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert all("subPath" not in mounts[name] for name in secret_volumes), "rotated Secrets must reach the Pod"
     config = gateway_config_of(found, tmp_path)
-    assert config.index.redis.password_file == "/etc/kvgate/secrets/redis-password/password"
+    assert config.auth.api_keys_file == mounts["api-keys"]["mountPath"] + "/keys"
+    assert config.auth.admin_token_file == mounts["admin-token"]["mountPath"] + "/token"
+    assert config.index.redis.password_file == mounts["redis-password"]["mountPath"] + "/password"
     assert config.index.redis.url == "redis://kvgate-all-redis:6379/0"
     (redis,) = [d for d in of_kind(found, "Deployment") if d["metadata"]["name"] == "kvgate-all-redis"]
     redis_env = redis["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -272,6 +281,7 @@ def test_the_config_checksum_rolls_the_gateway_when_the_config_changes() -> None
         ({"gateway": {"polcy": "affinity"}}, "polcy"),
         ({"gateway": {"policy": "fastest"}}, "policy"),
         ({"discovery": {"kind": "consul"}}, "kind"),
+        ({"gateway": {"terminationGracePeriodSeconds": 20}}, "terminationGracePeriodSeconds"),
     ],
 )
 def test_values_that_cannot_work_are_refused_with_a_reason(values: dict[str, Any], complaint: str) -> None:

@@ -151,8 +151,17 @@ app.kubernetes.io/part-of: kvgate
   "policy" $values.gateway.policy
   "profile" $values.gateway.profile
   "log_level" $values.gateway.logLevel
+  "shutdown_grace_s" $values.gateway.shutdownGraceSeconds
   "discovery" $discovery
 }}
+{{- $auth := dict }}
+{{- with $values.secrets.apiKeys }}{{ if .name }}
+{{- $_ := set $auth "api_keys_file" (printf "%s/api-keys/%s" (include "kvgate.secretsDir" $) .key) }}
+{{- end }}{{ end }}
+{{- with $values.secrets.adminToken }}{{ if .name }}
+{{- $_ := set $auth "admin_token_file" (printf "%s/admin-token/%s" (include "kvgate.secretsDir" $) .key) }}
+{{- end }}{{ end }}
+{{- with $auth }}{{ $_ := set $config "auth" . }}{{ end }}
 {{- if include "kvgate.usesRedis" . }}
 {{- $redis := dict "url" (include "kvgate.redisUrl" .) }}
 {{- if $values.index.redis.passwordSecret.name }}
@@ -177,6 +186,10 @@ app.kubernetes.io/part-of: kvgate
 {{/* Checks that stop a release that could not work, with a message saying what to set. */}}
 {{- define "kvgate.validate" -}}
 {{- $d := .Values.discovery }}
+{{- $g := .Values.gateway }}
+{{- if lt (int $g.terminationGracePeriodSeconds) (int (add $g.preStopSleepSeconds $g.shutdownGraceSeconds)) }}
+{{- fail "gateway.terminationGracePeriodSeconds must be at least preStopSleepSeconds + shutdownGraceSeconds" }}
+{{- end }}
 {{- $kind := include "kvgate.discoveryKind" . }}
 {{- if and (eq $kind "kubernetes") (not (include "kvgate.discoveryService" .)) (not $d.labelSelector) }}
 {{- fail "discovery.kind is kubernetes: set discovery.service (your vLLM Service) or discovery.labelSelector" }}
