@@ -8,6 +8,7 @@ gateway's configuration file the chart writes is loaded by the gateway's own con
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,26 @@ def test_static_replicas_pass_through_to_the_gateway(tmp_path: Path) -> None:
     config = gateway_config_of(found, tmp_path)
     assert [replica.url for replica in config.replicas] == ["http://vllm-0.vllm:8000"]
     assert not of_kind(found, "Role")
+
+
+def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar() -> None:
+    files = {
+        f"kvgate-{path.stem}.json": json.loads(path.read_text())
+        for path in (CHART / "dashboards").glob("*.json")
+    }
+    assert files
+    found = rendered_objects(VALUE_SETS["everything"])
+    maps = [o for o in of_kind(found, "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    shipped = {name: json.loads(text) for m in maps for name, text in m["data"].items()}
+    assert shipped == files
+    assert {m["metadata"]["namespace"] for m in maps} == {"monitoring"}
+    assert all(m["metadata"]["annotations"] == {"grafana_folder": "kvgate"} for m in maps)
+
+    relabelled = rendered_objects({"dashboards": {"label": "dashboards.example/load", "labelValue": "yes"}})
+    maps = [
+        o for o in of_kind(relabelled, "ConfigMap") if "dashboards.example/load" in o["metadata"]["labels"]
+    ]
+    assert len(maps) == len(files) and all(
+        m["metadata"]["labels"]["dashboards.example/load"] == "yes" for m in maps
+    )
+    assert len(of_kind(rendered_objects({"dashboards": {"enabled": False}}), "ConfigMap")) == 1
