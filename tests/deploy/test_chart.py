@@ -324,3 +324,15 @@ def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar() -> None:
         m["metadata"]["labels"]["dashboards.example/load"] == "yes" for m in maps
     )
     assert len(of_kind(rendered_objects({"dashboards": {"enabled": False}}), "ConfigMap")) == 1
+
+
+def test_the_values_file_in_the_deploy_guide_renders_and_validates(tmp_path: Path) -> None:
+    guide = (CHART.parents[1] / "docs" / "deploy.md").read_text()
+    blocks = [block for block in guide.split("```yaml\n")[1:] if block.startswith("# kvgate-values.yaml")]
+    (block,) = blocks
+    values = yaml.safe_load(block.split("```")[0])
+    found = rendered_objects(values)
+    for obj in found:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[0], strict=True)
+    config = gateway_config_of(found, tmp_path)
+    assert config.discovery.service == "vllm" and config.precise.enabled and config.index.backend == "redis"
