@@ -500,7 +500,178 @@ REPLICAS = Dashboard(
     ],
 )
 
-DASHBOARD_SET = {"gateway": GATEWAY, "replicas": REPLICAS}
+# --- the load test (kvgate swarm's client-side metrics, summed over shards) -----------------------
+
+LOADTEST = Dashboard(
+    uid="kvgate-loadtest",
+    title="kvgate load test",
+    description="What the swarm's clients measured: users, TTFT and the SLO, goodput, hit rate, ceiling.",
+    variables=[
+        Variable(
+            "slo_ttft_s",
+            "TTFT SLO (s)",
+            default="2",
+            description="The TTFT target to draw: the swarm's --slo-ttft.",
+        ),
+    ],
+    rows=[
+        Row(
+            "Load",
+            [
+                Panel(
+                    "Users",
+                    [
+                        Query("sum(kvgate_loadtest_users)", "users"),
+                        Query("sum(kvgate_loadtest_target_users)", "target"),
+                        Query("sum(kvgate_loadtest_subagents)", "sub-agents"),
+                    ],
+                    width=8,
+                    description="Users running (or started) in all shards, and the load mode's target.",
+                ),
+                Panel(
+                    "Requests in flight",
+                    [Query("sum(kvgate_loadtest_requests_in_flight)", "in flight")],
+                    width=8,
+                ),
+                Panel(
+                    "Finished requests by outcome",
+                    [Query(_rate("kvgate_loadtest_requests_total", by="outcome"), "{{outcome}}")],
+                    unit="reqps",
+                    width=8,
+                    stack=True,
+                ),
+            ],
+        ),
+        Row(
+            "Latency against the SLO",
+            [
+                Panel(
+                    "Time to first token",
+                    [
+                        *(
+                            Query(_quantile(q, "kvgate_loadtest_ttft_seconds"), p)
+                            for q, p in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"))
+                        ),
+                        Query("vector($slo_ttft_s)", "SLO"),
+                    ],
+                    unit="s",
+                    width=12,
+                    height=9,
+                    description="As the clients saw it, with the SLO the run was judged by.",
+                ),
+                Panel(
+                    "Share of requests within the TTFT SLO",
+                    [
+                        Query(
+                            _rate("kvgate_loadtest_goodput_requests_total")
+                            + " / "
+                            + _rate("kvgate_loadtest_requests_total"),
+                            "goodput share",
+                        )
+                    ],
+                    unit="percentunit",
+                    max=1,
+                    width=12,
+                    height=9,
+                    description="Successful requests that met the SLO, of all finished requests.",
+                ),
+                Panel(
+                    "End-to-end latency",
+                    [
+                        Query(_quantile(q, "kvgate_loadtest_e2e_latency_seconds"), p)
+                        for q, p in ((0.5, "p50"), (0.99, "p99"))
+                    ],
+                    unit="s",
+                    width=12,
+                ),
+                Panel(
+                    "Inter-token latency",
+                    [
+                        Query(_quantile(q, "kvgate_loadtest_inter_token_latency_seconds"), p)
+                        for q, p in ((0.5, "p50"), (0.99, "p99"))
+                    ],
+                    unit="s",
+                    width=12,
+                ),
+            ],
+        ),
+        Row(
+            "Goodput",
+            [
+                Panel(
+                    "Goodput",
+                    [
+                        Query(_rate("kvgate_loadtest_goodput_requests_total"), "within SLO"),
+                        Query(_rate("kvgate_loadtest_requests_total", 'outcome="ok"'), "succeeded"),
+                    ],
+                    unit="reqps",
+                    width=12,
+                ),
+                Panel(
+                    "Output tokens per second",
+                    [Query(_rate("kvgate_loadtest_output_tokens_total"), "output")],
+                    width=12,
+                ),
+            ],
+        ),
+        Row(
+            "Prefix cache",
+            [
+                Panel(
+                    "Hit rate since the start",
+                    [
+                        Query(
+                            "sum(kvgate_loadtest_cached_tokens_total)"
+                            " / sum(kvgate_loadtest_prompt_tokens_total)"
+                        )
+                    ],
+                    unit="percentunit",
+                    kind="stat",
+                    width=6,
+                    max=1,
+                ),
+                Panel(
+                    "Ceiling since the start",
+                    [
+                        Query(
+                            "sum(kvgate_loadtest_ceiling_tokens_total)"
+                            " / sum(kvgate_loadtest_expected_prompt_tokens_total)"
+                        )
+                    ],
+                    unit="percentunit",
+                    kind="stat",
+                    width=6,
+                    max=1,
+                    description="Prompt tokens in blocks sent earlier in the run: all a cache could serve.",
+                ),
+                Panel(
+                    "Hit rate against the ceiling",
+                    [
+                        Query(
+                            _ratio(
+                                "kvgate_loadtest_cached_tokens_total", "kvgate_loadtest_prompt_tokens_total"
+                            ),
+                            "hit rate",
+                        ),
+                        Query(
+                            _ratio(
+                                "kvgate_loadtest_ceiling_tokens_total",
+                                "kvgate_loadtest_expected_prompt_tokens_total",
+                            ),
+                            "ceiling",
+                        ),
+                    ],
+                    unit="percentunit",
+                    max=1,
+                    width=12,
+                    description="Cached prompt tokens the server reported, and the workload's ceiling.",
+                ),
+            ],
+        ),
+    ],
+)
+
+DASHBOARD_SET = {"gateway": GATEWAY, "replicas": REPLICAS, "loadtest": LOADTEST}
 
 
 # --- the JSON model --------------------------------------------------------------------------------

@@ -336,3 +336,66 @@ def test_the_values_file_in_the_deploy_guide_renders_and_validates(tmp_path: Pat
         kubernetes_validate.validate(obj, KUBE_VERSIONS[0], strict=True)
     config = gateway_config_of(found, tmp_path)
     assert config.discovery.service == "vllm" and config.precise.enabled and config.index.backend == "redis"
+
+
+def test_the_demo_fleet_is_what_the_gateway_discovers(tmp_path: Path) -> None:
+    found = rendered_objects(VALUE_SETS["everything"])
+    config = gateway_config_of(found, tmp_path)
+    (service,) = [s for s in of_kind(found, "Service") if s["metadata"]["name"] == "kvgate-all-sim"]
+    (fleet,) = [d for d in of_kind(found, "Deployment") if d["metadata"]["name"] == "kvgate-all-sim"]
+    assert config.discovery.kind == "kubernetes" and config.discovery.service == "kvgate-all-sim"
+    service_ports = {port["name"] for port in service["spec"]["ports"]}
+    assert service_ports == {
+        config.discovery.port_name,
+        config.discovery.kv_events_port_name,
+        config.discovery.kv_events_replay_port_name,
+    }, "EndpointSlices carry only the Service's ports: the KV events ones must be there"
+    assert service["spec"]["selector"] == fleet["spec"]["selector"]["matchLabels"]
+    (container,) = fleet["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["sim", "--replicas"] and "0.0.0.0" in container["args"]
+    assert {port["name"] for port in container["ports"]} == service_ports
+    assert fleet["spec"]["replicas"] == 4
+
+
+def test_the_load_test_is_an_indexed_job_of_swarm_shards() -> None:
+    found = rendered_objects(VALUE_SETS["everything"], api_versions=[PROMETHEUS_OPERATOR_API])
+    (job,) = of_kind(found, "Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 4
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[0] == "swarm"
+    flags = dict(zip(args[1::2], args[2::2], strict=False))
+    assert flags["--shard"] == "$(JOB_COMPLETION_INDEX)/4"
+    assert flags["--endpoint"] == "http://kvgate-all:80"
+    assert flags["--output"] == "/results/shard-$(JOB_COMPLETION_INDEX)"
+    assert flags["--metrics-host"] == "0.0.0.0" and flags["--metrics-port"] == "9400"
+    assert args[-8:] == ["--users", "200", "--duration", "900", "--slo-ttft", "1.5", "--seed", "7"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert flags["--workload-config"].startswith(mounts["workload"] + "/")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["results"]["persistentVolumeClaim"] == {"claimName": "kvgate-loadtest-results"}
+    (workload,) = [
+        c
+        for c in of_kind(found, "ConfigMap")
+        if c["metadata"]["name"] == volumes["workload"]["configMap"]["name"]
+    ]
+    assert yaml.safe_load(workload["data"]["workload.yaml"])["agents"][0]["name"] == "coder"
+    (wait,) = pod["initContainers"]
+    assert wait["command"][-2:] == ["http://kvgate-all:80", "600"]
+
+    monitors = {m["metadata"]["name"]: m for m in of_kind(found, "PodMonitor")}
+    selector = monitors["kvgate-all-loadtest"]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+    (policy,) = [p for p in of_kind(found, "NetworkPolicy") if p["metadata"]["name"] == "kvgate-all"]
+    assert {"podSelector": {"matchLabels": selector}} in policy["spec"]["ingress"][0]["from"]
+
+
+def test_a_changed_load_test_is_a_new_job() -> None:
+    def job_name(args: list[str]) -> str:
+        (job,) = of_kind(rendered_objects({"loadtest": {"enabled": True, "args": args}}), "Job")
+        return job["metadata"]["name"]
+
+    assert job_name(["--users", "10"]) == job_name(["--users", "10"])
+    assert job_name(["--users", "10"]) != job_name(["--users", "20"])

@@ -79,7 +79,7 @@ app.kubernetes.io/part-of: kvgate
 {{- end }}
 
 {{- define "kvgate.simulated" -}}
-{{- if dig "enabled" false (.Values.simulator | default dict) }}true{{ end }}
+{{- if .Values.simulator.enabled }}true{{ end }}
 {{- end }}
 
 {{/* With the simulated fleet on, the gateway follows it through the API; else discovery.kind says. */}}
