@@ -103,6 +103,9 @@ def test_the_builder_steps_make_a_working_kvgate(tmp_path: Path) -> None:
     env["HOME"] = str(home)
     assert "usage: kvgate <command>" in run([str(venv / "bin/kvgate"), "--help"], cwd=elsewhere)
     assert "--config" in run([str(venv / "bin/kvgate"), "serve", "--help"], cwd=elsewhere)
+    for command in ("sim", "swarm"):  # the same image runs the simulator and the load generator
+        if (ROOT / "loadtest" / command / "cli.py").exists():
+            assert f"kvgate {command}" in run([str(venv / "bin/kvgate"), command, "--help"], cwd=elsewhere)
     where = run([str(venv / "bin/python"), "-c", "import gateway; print(gateway.__file__)"], cwd=elsewhere)
     assert where.startswith(str(site_packages))
     assert _files_under(venv) == before, "running kvgate wrote into its installation"
