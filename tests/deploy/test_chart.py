@@ -369,7 +369,7 @@ def test_the_load_test_is_an_indexed_job_of_swarm_shards() -> None:
     flags = dict(zip(args[1::2], args[2::2], strict=False))
     assert flags["--shard"] == "$(JOB_COMPLETION_INDEX)/4"
     assert flags["--endpoint"] == "http://kvgate-all:80"
-    assert flags["--output"] == "/results/shard-$(JOB_COMPLETION_INDEX)"
+    assert flags["--output"] == f"/results/{job['metadata']['name']}/shard-$(JOB_COMPLETION_INDEX)"
     assert flags["--metrics-host"] == "0.0.0.0" and flags["--metrics-port"] == "9400"
     assert args[-8:] == ["--users", "200", "--duration", "900", "--slo-ttft", "1.5", "--seed", "7"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -422,4 +422,4 @@ def test_the_chart_runs_sim_and_swarm_with_flags_they_accept() -> None:
     swarm_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     swarm = parse(swarm_cli, [arg.replace("$(JOB_COMPLETION_INDEX)", "3") for arg in swarm_args[1:]])
     assert (swarm.shard, swarm.metrics_host, swarm.metrics_port) == ("3/4", "0.0.0.0", 9400)
-    assert swarm.output_dir == "/results/shard-3"
+    assert swarm.output_dir == f"/results/{job['metadata']['name']}/shard-3"
