@@ -8,6 +8,7 @@ they join (their health check fails), drain and leave as the EndpointSlices say.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -39,6 +40,17 @@ def discovered(service: GatewayService) -> set[str]:
     return {replica.name for replica in service.replicas if replica.name.startswith("vllm-")}
 
 
+async def joined_and_checked(service: GatewayService, names: set[str]) -> None:
+    """Wait for `names` to join and fail their first health check (nothing listens at their address).
+
+    Being taken out makes the gateway forget a replica's index entries, in a task of its own; the
+    short sleep lets that run before a test records entries it means to follow.
+    """
+    await eventually(lambda: discovered(service) == names, what=f"replicas {sorted(names)}")
+    await eventually(lambda: not any(service.replicas.get(name).healthy for name in names), what="checks")
+    await asyncio.sleep(0.05)
+
+
 async def test_replicas_join_drain_and_leave_with_their_index_entries(
     api: LocalKubeAPIServer, tmp_path: Path
 ) -> None:
@@ -56,13 +68,13 @@ async def test_replicas_join_drain_and_leave_with_their_index_entries(
     service = GatewayService(config)
     await service.start()
     try:
-        await eventually(lambda: discovered(service) == {"vllm-0", "vllm-1"}, what="the first replicas")
+        await joined_and_checked(service, {"vllm-0", "vllm-1"})
         assert service.replicas.get("vllm-1").url == f"http://127.0.0.3:{port}"
         assert service.replicas.get("vllm-1").models == {"m"}
 
         pods.append(("vllm-2", "127.0.0.4"))
         api.apply("endpointslices", endpoint_slice("vllm-a", pods, ports=ports))
-        await eventually(lambda: discovered(service) == {"vllm-0", "vllm-1", "vllm-2"}, what="scale-up")
+        await joined_and_checked(service, {"vllm-0", "vllm-1", "vllm-2"})
         for name in ("vllm-0", "vllm-1", "vllm-2"):
             await service.index.record("m", name, [11, 12, 13])
         assert [blocks_held(service, name) for name in ("vllm-0", "vllm-1", "vllm-2")] == [3, 3, 3]
@@ -87,6 +99,7 @@ async def test_replicas_join_drain_and_leave_with_their_index_entries(
         await eventually(
             lambda: service.replicas.get("vllm-2").url == f"http://127.0.0.5:{port}", what="the move"
         )
+        await joined_and_checked(service, {"vllm-0", "vllm-2"})
         assert blocks_held(service, "vllm-2") == 0, "a new Pod starts with an empty cache"
         assert blocks_held(service, "vllm-0") == 3
 
