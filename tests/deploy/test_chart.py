@@ -8,6 +8,7 @@ gateway's configuration file the chart writes is loaded by the gateway's own con
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -401,25 +402,28 @@ def test_a_changed_load_test_is_a_new_job() -> None:
     assert job_name(["--users", "10"]) != job_name(["--users", "20"])
 
 
-def test_the_chart_runs_sim_and_swarm_with_flags_they_accept() -> None:
-    import argparse
+def _parse(module, args: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(args)
 
-    sim_cli = pytest.importorskip("loadtest.sim.cli", reason="kvgate sim is not on this branch yet")
-    swarm_cli = pytest.importorskip("loadtest.swarm.cli", reason="kvgate swarm is not on this branch yet")
+
+def test_the_chart_runs_kvgate_sim_with_flags_it_accepts() -> None:
+    from loadtest.sim import cli as sim_cli
+
     found = rendered_objects(VALUE_SETS["everything"])
-
-    def parse(module, args: list[str]) -> argparse.Namespace:
-        parser = argparse.ArgumentParser()
-        module.add_arguments(parser)
-        return parser.parse_args(args)
-
     (fleet,) = [d for d in of_kind(found, "Deployment") if d["metadata"]["name"] == "kvgate-all-sim"]
-    sim_args = fleet["spec"]["template"]["spec"]["containers"][0]["args"]
-    sim = parse(sim_cli, sim_args[1:])
-    assert (sim.replicas, sim.host, sim.port, sim.kv_events_port) == (1, "0.0.0.0", 8000, 5557)
+    args = fleet["spec"]["template"]["spec"]["containers"][0]["args"]
+    sim = _parse(sim_cli, args[1:])
+    assert (sim.replicas, sim.host, sim.port) == (1, "0.0.0.0", 8000)
+    assert (sim.kv_events_port, sim.kv_events_replay_port, sim.model) == (5557, 5558, "sim-llama3-8b")
+    assert sim.dram_gib == 32
 
-    (job,) = of_kind(found, "Job")
-    swarm_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    swarm = parse(swarm_cli, [arg.replace("$(JOB_COMPLETION_INDEX)", "3") for arg in swarm_args[1:]])
+
+def test_the_chart_runs_kvgate_swarm_with_flags_it_accepts() -> None:
+    swarm_cli = pytest.importorskip("loadtest.swarm.cli", reason="kvgate swarm is not on this branch yet")
+    (job,) = of_kind(rendered_objects(VALUE_SETS["everything"]), "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    swarm = _parse(swarm_cli, [arg.replace("$(JOB_COMPLETION_INDEX)", "3") for arg in args[1:]])
     assert (swarm.shard, swarm.metrics_host, swarm.metrics_port) == ("3/4", "0.0.0.0", 9400)
     assert swarm.output_dir == f"/results/{job['metadata']['name']}/shard-3"

@@ -24,17 +24,15 @@ import httpx
 import pytest
 import yaml
 
+from loadtest.sim.fleet import SimProcess, free_port_range
 from scripts.render_dashboards import DASHBOARDS
 from tests.discovery.kube_objects import NAMESPACE, SERVICE, endpoint_slice
 from tests.kube_api_server import LocalKubeAPIServer, write_kubeconfig
 from tests.prometheus_server import finite_values, prometheus
 from tests.redis_servers import free_port, wait_for_port
 
-# The simulator and the load generator come from the sim and swarm branches; until both are on main
-# there is no live system to scrape.
+# The load generator comes from the swarm branch: until it is on main there is no load to measure.
 pytest.importorskip("loadtest.swarm.cli", reason="kvgate swarm is not on this branch yet")
-fleet = pytest.importorskip("loadtest.sim.fleet", reason="kvgate sim is not on this branch yet")
-SimProcess, free_port_range = fleet.SimProcess, fleet.free_port_range
 
 REPLICAS = 3
 TIME_SCALE = "10"
