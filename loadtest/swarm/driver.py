@@ -74,6 +74,8 @@ class LoadSettings:
     start_spread_s: float = 5.0
     """New closed-loop users start at a random moment within this many seconds, not all at once."""
     prewarm_concurrency: int = 8
+    error_backoff_s: float = 1.0
+    """A closed-loop user whose request failed waits this long before its next action."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -259,6 +261,9 @@ class SwarmDriver:
             if self._stopping:
                 raise _StopIssuing
         live = self.live
+        if live.sent >= self.settings.max_requests:
+            self.request_stop("request budget spent")
+            raise _StopIssuing
         request_id = self._new_request_id()
         live.sent += 1
         if live.sent >= self.settings.max_requests:
@@ -378,7 +383,10 @@ class SwarmDriver:
                     return
                 reply = None
                 if isinstance(action, Send):
-                    await self.send(action.request, user)
+                    record = await self.send(action.request, user)
+                    if record is not None and not record.ok and self.settings.mode != "rate":
+                        # A client that failed waits before going on, rather than spinning.
+                        await self.clock.sleep(self.settings.error_backoff_s)
                 elif isinstance(action, Think):
                     await self._think(action, user, can_retire)
                 elif isinstance(action, Fork):
@@ -590,11 +598,26 @@ class SwarmDriver:
             self._phase_log[-1]["end_s"] = elapsed
         self.request_stop("every sweep phase ran")
 
+    def _sample(self, cpu_share: float, lag_s: float) -> None:
+        live = self.live
+        self.timeline.append(
+            TimelinePoint(
+                t_s=self.clock.now(),
+                users=len(self._users),
+                target_users=live.target_users,
+                subagents=live.subagents,
+                in_flight=live.in_flight,
+                generator_cpu=cpu_share,
+                loop_lag_s=lag_s,
+            )
+        )
+
     async def _sampler(self) -> None:
         process = psutil.Process()
         interval_wall = min(1.0, max(0.1, self.clock.wall(self.settings.period_s) / 10))
         last_cpu = sum(process.cpu_times()[:2])
         last_wall = time.perf_counter()
+        self._sample(0.0, 0.0)
         while True:
             expected = time.perf_counter() + interval_wall
             await asyncio.sleep(interval_wall)
@@ -602,18 +625,7 @@ class SwarmDriver:
             lag = max(0.0, now_wall - expected)
             self._max_loop_lag = max(self._max_loop_lag, lag)
             cpu = sum(process.cpu_times()[:2])
-            live = self.live
-            self.timeline.append(
-                TimelinePoint(
-                    t_s=self.clock.now(),
-                    users=len(self._users),
-                    target_users=live.target_users,
-                    subagents=live.subagents,
-                    in_flight=live.in_flight,
-                    generator_cpu=(cpu - last_cpu) / max(1e-9, now_wall - last_wall),
-                    loop_lag_s=lag,
-                )
-            )
+            self._sample((cpu - last_cpu) / max(1e-9, now_wall - last_wall), lag)
             last_cpu, last_wall = cpu, now_wall
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -677,6 +689,7 @@ class SwarmDriver:
                 log.error("a swarm task failed: %r", result)
         wall = time.perf_counter() - wall_start
         cpu = sum(process.cpu_times()[:2]) - cpu_start
+        self._sample(cpu / wall if wall > 0 else 0.0, 0.0)
         if self._phase_log and "end_s" not in self._phase_log[-1]:
             self._phase_log[-1]["end_s"] = self.clock.duration(wall)
         controller = self.controller
