@@ -13,7 +13,7 @@ import pytest
 
 _CANDIDATES = [
     Path(os.environ["KVGATE_TRACES"]) if os.environ.get("KVGATE_TRACES") else None,
-    Path(__file__).resolve().parent.parent / "shared" / "traces",
+    Path(__file__).resolve().parents[2] / "shared" / "traces",
     Path("/work/shared/traces"),
 ]
 TRACES = next(
