@@ -14,7 +14,7 @@ from loadtest.swarm.traces import (
     load_weka_conversation,
     shared_prefix_length,
 )
-from tests.loadtest.swarm_helpers import MOONCAKE_CONVERSATION, WEKA_DIR, WEKA_WITH_SUBAGENTS, needs_traces
+from tests.swarm.swarm_helpers import MOONCAKE_CONVERSATION, WEKA_DIR, WEKA_WITH_SUBAGENTS, needs_traces
 
 
 @needs_traces

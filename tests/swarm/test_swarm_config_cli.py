@@ -20,8 +20,8 @@ from loadtest.swarm.trace_record import TraceRecorder
 from loadtest.swarm.workloads.agents import AgentSwarm
 from loadtest.swarm.workloads.agents_config import load_agents_config
 from loadtest.swarm.workloads.replay import MooncakeReplay
-from tests.loadtest.swarm_helpers import MOONCAKE_CONVERSATION, needs_traces
-from tests.loadtest.test_swarm_stats import record
+from tests.swarm.swarm_helpers import MOONCAKE_CONVERSATION, needs_traces
+from tests.swarm.test_swarm_stats import record
 
 
 def parse(*flags: str) -> SwarmConfig:

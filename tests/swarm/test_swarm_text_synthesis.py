@@ -13,7 +13,7 @@ from loadtest.swarm.textgen import LEXICON, WORD_BYTES, text_key, words
 from loadtest.swarm.traces import load_mooncake, load_trace
 from loadtest.swarm.workloads.replay import MooncakeReplay, ReplayOptions, WekaReplay
 from loadtest.swarm.workloads.replay_prompt import build_prompt
-from tests.loadtest.swarm_helpers import MOONCAKE_CONVERSATION, WEKA_DIR, needs_traces
+from tests.swarm.swarm_helpers import MOONCAKE_CONVERSATION, WEKA_DIR, needs_traces
 
 TOKENIZER = ByteTokenizer()
 

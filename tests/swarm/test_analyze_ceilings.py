@@ -8,7 +8,7 @@ import pytest
 from loadtest.analyze.ceilings import BlockUses, ceilings, parse_ttl, working_set
 from loadtest.analyze.events import WekaOptions, load_uses, weka_uses
 from loadtest.swarm.traces import load_trace
-from tests.loadtest.swarm_helpers import MOONCAKE_CONVERSATION, MOONCAKE_SYNTHETIC, WEKA_DIR, needs_traces
+from tests.swarm.swarm_helpers import MOONCAKE_CONVERSATION, MOONCAKE_SYNTHETIC, WEKA_DIR, needs_traces
 
 INF = math.inf
 
