@@ -34,9 +34,9 @@ def _floats(text: str) -> list[float]:
 
 
 def _add(group: Any, flag: str, field: str, help_text: str, **kwargs: Any) -> None:
-    group.add_argument(
-        flag, dest=field, default=argparse.SUPPRESS, help=help_text + _default(field), **kwargs
-    )
+    switch = kwargs.get("action") in ("store_true", "store_false")
+    text = help_text if switch else help_text + _default(field)
+    group.add_argument(flag, dest=field, default=argparse.SUPPRESS, help=text, **kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
