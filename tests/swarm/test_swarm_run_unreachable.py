@@ -1,8 +1,8 @@
 """Whole runs against a port nobody listens on: every bound holds and every output is written.
 
-Nothing stands in for an endpoint here: the real client connects to a closed loopback port, so each
-request fails at once with a connection error, which is enough to drive the load modes, the bounds,
-the controller and the output writers end to end.
+Nothing stands in for an endpoint here: the real client connects to a loopback port that is bound
+but not listening, so each request is refused at once with a connection error, which is enough to drive
+the load modes, the bounds, the controller and the output writers end to end.
 """
 
 import socket
@@ -15,28 +15,34 @@ from loadtest.swarm.runner import RunResult, run_swarm
 from loadtest.swarm.summary import read_csv
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture
+def refusing_endpoint():
+    """A loopback port that is bound (so no other process can take it) but not listening: every
+    connection is refused at once."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
 
 
-def config(tmp_path, **fields) -> SwarmConfig:
-    defaults = dict(
-        endpoint=f"http://127.0.0.1:{closed_port()}",
-        model="any",
-        start_spread_s=0.0,
-        output_dir=str(tmp_path / "run"),
-        plots=False,
-    )
-    return SwarmConfig(**{**defaults, **fields})
-
-
-async def test_the_request_budget_is_exact_and_every_output_is_written(tmp_path):
-    result = await run_swarm(
-        config(
-            tmp_path, users=3, max_requests=25, duration_s=600, time_scale=20.0, plots=True, record_trace=True
+@pytest.fixture
+def config(tmp_path, refusing_endpoint):
+    def make(**fields) -> SwarmConfig:
+        defaults = dict(
+            endpoint=refusing_endpoint,
+            model="any",
+            request_timeout_s=10.0,
+            start_spread_s=0.0,
+            output_dir=str(tmp_path / "run"),
+            plots=False,
         )
+        return SwarmConfig(**{**defaults, **fields})
+
+    return make
+
+
+async def test_the_request_budget_is_exact_and_every_output_is_written(tmp_path, config):
+    result = await run_swarm(
+        config(users=3, max_requests=25, duration_s=600, time_scale=20.0, plots=True, record_trace=True)
     )
     summary = result.summary
     assert summary["stop_reason"] == "request budget spent"
@@ -63,26 +69,25 @@ async def test_the_request_budget_is_exact_and_every_output_is_written(tmp_path)
     assert "api_key" not in (tmp_path / "run" / "config.json").read_text()
 
 
-async def test_the_duration_bound_stops_a_run_that_has_budget_left(tmp_path):
+async def test_the_duration_bound_stops_a_run_that_has_budget_left(tmp_path, config):
     began = time.perf_counter()
-    result = await run_swarm(config(tmp_path, users=2, duration_s=1.5, max_requests=10**6))
+    result = await run_swarm(config(users=2, duration_s=1.5, max_requests=10**6))
     assert result.summary["stop_reason"] == "duration reached"
     assert result.summary["span_s"] >= 1.4 and time.perf_counter() - began < 10
     assert result.summary["users"]["max"] == 2
 
 
-async def test_open_loop_rate_sends_at_the_asked_rate(tmp_path):
+async def test_open_loop_rate_sends_at_the_asked_rate(tmp_path, config):
     result = await run_swarm(
-        config(tmp_path, mode="rate", rate=5.0, arrival="constant", duration_s=20.0, time_scale=10.0)
+        config(mode="rate", rate=5.0, arrival="constant", duration_s=20.0, time_scale=10.0)
     )
     sent = result.summary["requests_sent"]
     assert 80 <= sent <= 5 * 20 + 1
 
 
-async def test_adaptive_mode_backs_off_when_everything_fails(tmp_path):
+async def test_adaptive_mode_backs_off_when_everything_fails(tmp_path, config):
     result = await run_swarm(
         config(
-            tmp_path,
             mode="adaptive",
             users=8,
             slo_ttft_s=1.0,
@@ -99,7 +104,7 @@ async def test_adaptive_mode_backs_off_when_everything_fails(tmp_path):
 
 
 @pytest.mark.parametrize("shard", ["0/2", "1/2"])
-async def test_a_shard_runs_its_share_of_the_users(tmp_path, shard):
-    result = await run_swarm(config(tmp_path, users=5, duration_s=1.0, shard=shard))
+async def test_a_shard_runs_its_share_of_the_users(tmp_path, config, shard):
+    result = await run_swarm(config(users=5, duration_s=1.0, shard=shard))
     users = {record.user for record in result.records()}
     assert users == ({0, 2, 4} if shard == "0/2" else {1, 3})
