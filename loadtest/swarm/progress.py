@@ -56,7 +56,10 @@ class ProgressDisplay:
             f"{live.in_flight} requests in flight",
         )
         table.add_row("requests", f"{live.sent:,} sent, {live.ok:,} ok, {live.errors:,} failed")
-        rate = len(recent) / min(RECENT_WINDOW_S, max(now, 1e-9)) if recent else 0.0
+        # The deque keeps the last 2000 requests: at high rates they cover less than the window.
+        oldest = live.recent[0].end_s if len(live.recent) == live.recent.maxlen else now - RECENT_WINDOW_S
+        span = min(RECENT_WINDOW_S, now - max(0.0, oldest))
+        rate = len(recent) / span if recent and span > 0 else 0.0
         table.add_row(f"last {RECENT_WINDOW_S:.0f} s", f"{rate:.1f} req/s")
         if ttfts.size:
             p50, p95 = np.percentile(ttfts, [50, 95])

@@ -9,10 +9,20 @@ import socket
 import time
 
 import pytest
+from rich.console import Console
 
+from gateway.cli import main as kvgate
+from loadtest.swarm.client import StreamingClient
+from loadtest.swarm.clock import WorkloadClock
 from loadtest.swarm.config import SwarmConfig
+from loadtest.swarm.driver import LoadSettings, SwarmDriver
+from loadtest.swarm.progress import ProgressDisplay
 from loadtest.swarm.runner import RunResult, run_swarm
+from loadtest.swarm.shard import Shard
 from loadtest.swarm.summary import read_csv
+from loadtest.swarm.workloads.agents import AgentSwarm
+from loadtest.swarm.workloads.agents_config import load_agents_config
+from tests.swarm.test_swarm_stats import record
 
 
 @pytest.fixture
@@ -108,3 +118,29 @@ async def test_a_shard_runs_its_share_of_the_users(tmp_path, config, shard):
     result = await run_swarm(config(users=5, duration_s=1.0, shard=shard))
     users = {record.user for record in result.records()}
     assert users == ({0, 2, 4} if shard == "0/2" else {1, 3})
+
+
+def test_the_cli_prints_the_summary_and_fails_when_nothing_succeeded(tmp_path, refusing_endpoint, capsys):
+    status = kvgate(
+        ["swarm", "--endpoint", refusing_endpoint, "--model", "m", "--users", "2", "--duration", "1",
+         "--start-spread", "0", "--output", str(tmp_path / "cli"), "--no-plots", "--quiet"]
+    )  # fmt: skip
+    assert status == 1
+    out = capsys.readouterr().out
+    assert "connection_error" in out and "stopped" in out and str(tmp_path / "cli") in out
+
+
+def test_the_live_display_renders_what_the_driver_knows():
+    clock = WorkloadClock()
+    driver = SwarmDriver(
+        LoadSettings(), AgentSwarm(load_agents_config()), StreamingClient("http://x"), clock, Shard()
+    )
+    for index in range(2500):
+        driver.live.recent.append(record(index, end_s=clock.now()))
+    driver.live.users, driver.live.last_decision = 7, "ok: inside the SLO -> 10 users"
+    console = Console(record=True, width=120)
+    console.print(ProgressDisplay(driver, "test").render())
+    text = console.export_text()
+    assert (
+        "7 running" in text and "measured 60.0%" in text and "ceiling 80.0%" in text and "-> 10 users" in text
+    )
