@@ -41,7 +41,14 @@ def _add(group: Any, flag: str, field: str, help_text: str, **kwargs: Any) -> No
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     endpoint = parser.add_argument_group("endpoint")
-    _add(endpoint, "--endpoint", "endpoint", "base URL of an OpenAI-compatible server, with or without /v1")
+    _add(
+        endpoint,
+        "--endpoint",
+        "endpoint",
+        "base URL of an OpenAI-compatible server, with or without /v1; several (space or comma separated) "
+        "spread the users over them, each user sticking to one",
+        nargs="+",
+    )
     _add(endpoint, "--model", "model", "model name to send; default: the first one /v1/models lists")
     _add(endpoint, "--api-key", "api_key", "bearer token (default: $OPENAI_API_KEY)")
     _add(
@@ -253,6 +260,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SwarmConfig:
     values = {key: value for key, value in vars(args).items() if key not in ("quiet", "log_level")}
+    if isinstance(values.get("endpoint"), list):
+        values["endpoint"] = ",".join(values["endpoint"])
     values["quiet"] = bool(getattr(args, "quiet", False))
     return SwarmConfig(**values)
 

@@ -1,11 +1,12 @@
 """A lean streaming client for OpenAI-compatible chat and completions endpoints.
 
-One `aiohttp` session with one pooled connector serves every user of the swarm. aiohttp was chosen by
-measurement over httpx (see docs/benchmarks.md, "Swarm generator"): reading a stream costs it a fraction
-of the CPU per chunk. Per chunk the reader does as little as it can: it splits the bytes into SSE lines
-and parses the JSON of a chunk only when it must, that is until the first content token has arrived,
-and for chunks that carry usage, an error or a finish reason. Ordinary token chunks are only counted
-and timed.
+One pool of keep-alive connections (`loadtest.swarm.http`, raw asyncio protocols) serves every user of
+the swarm. It was chosen by measurement over aiohttp and httpx (docs/benchmarks.md, "Swarm generator"):
+the body bytes of a stream go from the socket callback straight into the SSE reader, without waking a
+coroutine per network read, which halves aiohttp's client CPU per streamed request. Per chunk the reader
+does as little as it can: it splits the bytes into SSE lines and parses the JSON of a chunk only when it
+must, that is until the first content token has arrived, and for chunks that carry usage, an error or a
+finish reason. Ordinary token chunks are only counted and timed.
 
 Measured per request (monotonic clock, seconds): the start, the first content token (text, reasoning
 or a tool-call delta), the last content token, the end, the largest gap between content chunks, and
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
+from loadtest.swarm.http import HttpClient, HttpProtocolError, Origin
 from loadtest.swarm.plan import PlannedRequest
 
 OK = "ok"
@@ -168,10 +169,25 @@ class StreamReader:
             self._token(now)
 
 
+class _ErrorBody:
+    """Collects the body of a non-200 response, up to a limit."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def __call__(self, data: bytes, now: float) -> None:
+        if len(self.data) < _ERROR_BODY_LIMIT:
+            self.data += data[: _ERROR_BODY_LIMIT - len(self.data)]
+
+
 class StreamingClient:
+    """Streams chat or completions requests to one or several endpoints (`url` says which)."""
+
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         model: str | None = None,
         api_key: str | None = None,
         request_timeout_s: float = 600.0,
@@ -179,47 +195,53 @@ class StreamingClient:
         ignore_eos: bool = False,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
-        self.base = api_base(endpoint)
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not endpoints:
+            raise ValueError("the client needs at least one endpoint")
+        self.bases = [api_base(url) for url in endpoints]
+        self.base = self.bases[0]
+        self._origins = [Origin.parse(base) for base in self.bases]
+        self._next_base = 0
         self.model = model
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(
-            total=request_timeout_s, sock_connect=min(30.0, request_timeout_s)
-        )
+        self._request_timeout_s = request_timeout_s
         self._max_connections = max_connections
         self._extra = dict(extra_body or {})
         if ignore_eos:
             self._extra.setdefault("ignore_eos", True)
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
 
     async def __aenter__(self) -> StreamingClient:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers, read_bufsize=1 << 16
-        )
+        self._http = HttpClient(self._max_connections, connect_timeout_s=min(30.0, self._request_timeout_s))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def http(self) -> HttpClient:
+        if self._http is None:
             raise RuntimeError("use the client as `async with StreamingClient(...) as client`")
-        return self._session
+        return self._http
 
     async def discover_model(self) -> str | None:
         """The first model the endpoint lists at `/v1/models`, or None if it lists none."""
-        async with self.session.get(f"{self.base}/models") as response:
-            response.raise_for_status()
-            body = await response.json(loads=orjson.loads, content_type=None)
-        models = body.get("data") if isinstance(body, dict) else None
+        body = _ErrorBody()
+        async with asyncio.timeout(min(30.0, self._request_timeout_s)):
+            response = await self.http.request(
+                "GET", self._origins[0], "/models", {"Accept": "application/json"}, b"", body
+            )
+        if response.status != 200:
+            raise HttpProtocolError(f"GET {self.base}/models answered {response.status} {response.reason}")
+        document = orjson.loads(bytes(body.data))
+        models = document.get("data") if isinstance(document, dict) else None
         return str(models[0]["id"]) if models else None
 
     def body(self, request: PlannedRequest) -> bytes:
@@ -234,39 +256,70 @@ class StreamingClient:
             document.update(request.extra)
         return orjson.dumps(document)
 
-    def url(self, request: PlannedRequest) -> str:
-        return f"{self.base}/chat/completions" if request.api == "chat" else f"{self.base}/completions"
+    def _endpoint(self, user: int) -> int:
+        if len(self.bases) == 1:
+            return 0
+        if user >= 0:
+            return user % len(self.bases)
+        index = self._next_base
+        self._next_base = (index + 1) % len(self.bases)
+        return index
+
+    @staticmethod
+    def _path(request: PlannedRequest) -> str:
+        return "/chat/completions" if request.api == "chat" else "/completions"
+
+    def url(self, request: PlannedRequest, user: int = -1) -> str:
+        """Each user sticks to one endpoint (`user` modulo their number); requests without a user take
+        the endpoints in turn."""
+        return self.bases[self._endpoint(user)] + self._path(request)
 
     async def send(
-        self, request: PlannedRequest, on_first_token: Callable[[], None] | None = None
+        self, request: PlannedRequest, on_first_token: Callable[[], None] | None = None, user: int = -1
     ) -> Exchange:
-        """Send one request and read its stream to the end; `on_first_token` is called when the first
-        content token arrives."""
+        """Send one request (for `user`, see `url`) and read its stream to the end; `on_first_token` is
+        called when the first content token arrives."""
         body = self.body(request)
+        origin = self._origins[self._endpoint(user)]
         exchange = Exchange(started=time.perf_counter())
         reader = StreamReader(exchange, on_first_token)
+        error_body = _ErrorBody()
+        sink: list[Callable[[bytes, float], None]] = [reader.feed]
+
+        def on_head(status: int, headers: dict[str, str]) -> None:
+            exchange.http_status = status
+            if status != 200:
+                sink[0] = error_body
+
         try:
-            async with self.session.post(self.url(request), data=body) as response:
-                exchange.http_status = response.status
-                if response.status != 200:
-                    raw = await response.content.read(_ERROR_BODY_LIMIT)
-                    exchange.outcome = HTTP_ERROR
-                    try:
-                        exchange.error_type, exchange.error_message = _error_fields(orjson.loads(raw))
-                    except orjson.JSONDecodeError:
-                        exchange.error_type = f"http_{response.status}"
-                        exchange.error_message = raw[:500].decode(errors="replace")
-                else:
-                    async for data in response.content.iter_any():
-                        reader.feed(data, time.perf_counter())
-                    reader.finish(time.perf_counter())
-                    if exchange.outcome == OK and not reader.done:
-                        exchange.outcome = INCOMPLETE
-                        exchange.error_type = "no [DONE]"
+            async with asyncio.timeout(self._request_timeout_s):
+                await self.http.request(
+                    "POST",
+                    origin,
+                    self._path(request),
+                    self._headers,
+                    body,
+                    lambda d, t: sink[0](d, t),
+                    on_head,
+                )
+            if exchange.http_status != 200:
+                exchange.outcome = HTTP_ERROR
+                try:
+                    exchange.error_type, exchange.error_message = _error_fields(
+                        orjson.loads(bytes(error_body.data))
+                    )
+                except orjson.JSONDecodeError:
+                    exchange.error_type = f"http_{exchange.http_status}"
+                    exchange.error_message = error_body.data[:500].decode(errors="replace")
+            else:
+                reader.finish(time.perf_counter())
+                if exchange.outcome == OK and not reader.done:
+                    exchange.outcome = INCOMPLETE
+                    exchange.error_type = "no [DONE]"
         except TimeoutError:
             exchange.outcome = TIMEOUT
             exchange.error_type = "timeout"
-        except aiohttp.ClientError as error:
+        except (OSError, HttpProtocolError) as error:
             exchange.outcome = CONNECTION_ERROR
             exchange.error_type = type(error).__name__
             exchange.error_message = str(error)[:500]

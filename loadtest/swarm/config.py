@@ -27,6 +27,8 @@ class SwarmConfig(BaseModel):
 
     # endpoint
     endpoint: str = "http://127.0.0.1:8000"
+    """Base URL of the endpoint; several separated by commas spread the users over them, each user
+    sticking to one (user id modulo their number)."""
     model: str | None = None
     """None: the first model the endpoint lists at /v1/models."""
     api_key: str | None = Field(default_factory=lambda: os.environ.get("OPENAI_API_KEY"))
@@ -107,6 +109,8 @@ class SwarmConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SwarmConfig:
         Shard.parse(self.shard)
+        if not self.endpoints:
+            raise ValueError("endpoint: give at least one URL")
         if self.workload == "replay" and not self.trace:
             raise ValueError("the replay workload needs trace files (trace)")
         if self.workload == "agents" and self.api != "chat":
@@ -116,6 +120,10 @@ class SwarmConfig(BaseModel):
         if self.mode == "rate" and self.rate is None:
             raise ValueError("the rate mode needs rate")
         return self
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [url.strip() for url in self.endpoint.split(",") if url.strip()]
 
     @property
     def parsed_shard(self) -> Shard:

@@ -286,7 +286,9 @@ class SwarmDriver:
         self._idle.clear()
         started = time.perf_counter()
         try:
-            exchange = await self.client.send(request, lambda: waiting.pop(request_id, None))
+            exchange = await self.client.send(
+                request, lambda: waiting.pop(request_id, None), user.user if user is not None else -1
+            )
         except asyncio.CancelledError:
             exchange = Exchange(started=started, ended=time.perf_counter(), outcome=CANCELLED)
             self._finish(request_id, request, exchange, prefix, user)
@@ -674,6 +676,9 @@ class SwarmDriver:
             await asyncio.wait_for(self._stop.wait(), timeout=self.clock.wall(settings.duration_s))
         if not self._stop_reason:
             self._stop_reason = "duration reached"
+        stop_wall = time.perf_counter() - wall_start
+        stop_cpu = sum(process.cpu_times()[:2]) - cpu_start
+        self._sample(stop_cpu / stop_wall if stop_wall > 0 else 0.0, 0.0)  # the users at the stop
         self._stopping = True
         for future in self._ticket_waiters:
             if not future.done():
@@ -689,7 +694,6 @@ class SwarmDriver:
                 log.error("a swarm task failed: %r", result)
         wall = time.perf_counter() - wall_start
         cpu = sum(process.cpu_times()[:2]) - cpu_start
-        self._sample(cpu / wall if wall > 0 else 0.0, 0.0)
         if self._phase_log and "end_s" not in self._phase_log[-1]:
             self._phase_log[-1]["end_s"] = self.clock.duration(wall)
         controller = self.controller
