@@ -3,10 +3,10 @@
 One pool of keep-alive connections (`loadtest.swarm.http`, raw asyncio protocols) serves every user of
 the swarm. It was chosen by measurement over aiohttp and httpx (docs/benchmarks.md, "Swarm generator"):
 the body bytes of a stream go from the socket callback straight into the SSE reader, without waking a
-coroutine per network read, which halves aiohttp's client CPU per streamed request. Per chunk the reader
-does as little as it can: it splits the bytes into SSE lines and parses the JSON of a chunk only when it
-must, that is until the first content token has arrived, and for chunks that carry usage, an error or a
-finish reason. Ordinary token chunks are only counted and timed.
+coroutine per network read, which takes a third off aiohttp's client CPU per streamed request. Per
+chunk the reader does as little as it can: it splits the bytes into SSE lines and parses the JSON of a
+chunk only when it must, that is until the first content token has arrived, and for chunks that carry
+usage, an error or a finish reason. Ordinary token chunks are only counted and timed.
 
 Measured per request (monotonic clock, seconds): the start, the first content token (text, reasoning
 or a tool-call delta), the last content token, the end, the largest gap between content chunks, and

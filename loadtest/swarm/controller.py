@@ -4,9 +4,10 @@
 period and applies the user count it answers. It keeps the largest count seen inside the SLO (`good`)
 and the smallest seen outside it (`bad`). While no count has failed it grows geometrically; once one
 has, it bisects between the two, so it converges on the largest count the endpoint holds inside the
-SLO in a logarithmic number of periods. A violation at the converged count means capacity dropped: it
-forgets `good` and backs off. The period after a change is not judged (`settle_periods`): requests
-queued under the previous count would be blamed on the new one.
+SLO in a logarithmic number of periods. Violations in a row at the converged count (more than
+`tolerated_violations`: one may be noise) mean capacity dropped: it forgets `good` and backs off. The
+period after a change is not judged (`settle_periods`): requests queued under the previous count would
+be blamed on the new one.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class AdaptiveSettings:
     settle_periods: int = 1
     precision: float = 0.05
     """Converged when bad - good <= max(1, precision * good)."""
+    tolerated_violations: int = 1
+    """Violations in a row at the converged count taken for noise before the search starts again."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_users <= self.start_users <= self.max_users:
@@ -98,6 +101,7 @@ class AdaptiveController:
     bad: int | None = None
     converged: bool = False
     _settling: int = 0
+    _strikes: int = 0
     history: list[Decision] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -141,6 +145,11 @@ class AdaptiveController:
         users = self.users
         if verdict == "hold":
             return self._decide(users, verdict, reason)
+        if verdict == "violation" and self.converged and users == self.good:
+            self._strikes += 1
+            if self._strikes <= self.settings.tolerated_violations:
+                return self._decide(users, verdict, reason + "; once at the held count, holding")
+        self._strikes = 0
         if verdict == "ok":
             self.good = users if self.good is None else max(self.good, users)
             if self.bad is not None and self.bad <= self.good:

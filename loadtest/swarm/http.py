@@ -4,8 +4,8 @@ Why not aiohttp or httpx: streaming a response costs them a coroutine wake-up (a
 for every network read, and a token stream is one read per token. Here the bytes go straight from the
 protocol's `data_received` to the caller's sink, in the event loop's own callback, and the waiting
 coroutine wakes once, when the response is complete. Measured on the project's machine against the
-simulator (docs/benchmarks.md, "Swarm generator"): about half of aiohttp's client CPU per streamed
-request and a fifth of httpx's.
+simulator (docs/benchmarks.md, "Swarm generator"): about two thirds of aiohttp's client CPU per
+streamed request and a fifth of httpx's.
 
 What it speaks: HTTP/1.1 requests with a body, over TCP or TLS; responses framed by
 `Transfer-Encoding: chunked`, `Content-Length`, or the end of the connection. Connections are kept
