@@ -658,7 +658,7 @@ class SwarmDriver:
         started_unix = time.time()
         self.clock.start()
         wall_start = time.perf_counter()
-        self._spawn(self._sampler(), "sampler")
+        sampler = self._spawn(self._sampler(), "sampler")
         phases = self.workload.phases()
         if phases:
             self._spawn(self._phase_loop(phases), "phases")
@@ -678,7 +678,8 @@ class SwarmDriver:
             self._stop_reason = "duration reached"
         stop_wall = time.perf_counter() - wall_start
         stop_cpu = sum(process.cpu_times()[:2]) - cpu_start
-        self._sample(stop_cpu / stop_wall if stop_wall > 0 else 0.0, 0.0)  # the users at the stop
+        sampler.cancel()  # the timeline ends when the load stops; the drain is not part of it
+        self._sample(stop_cpu / stop_wall if stop_wall > 0 else 0.0, 0.0)
         self._stopping = True
         for future in self._ticket_waiters:
             if not future.done():

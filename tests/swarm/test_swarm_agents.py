@@ -198,3 +198,26 @@ def test_shards_own_disjoint_sessions_of_a_working_set():
         seen.append(ids)
     assert set.union(*seen) == {f"ws{i}" for i in range(10)}
     assert sum(len(ids) for ids in seen) == 10
+
+
+def test_no_request_asks_for_more_than_the_context_holds():
+    config = parse_agents_config(
+        {
+            "agents": [
+                {
+                    "name": "tight",
+                    "system_prompt_tokens": 500,
+                    "tool_schema_tokens": 800,
+                    "context_watermark_tokens": 6000,
+                    "context_limit_tokens": 8192,
+                    "steps_per_turn": {"mean": 20, "max": 40},
+                    "tool_result_tokens": {"median": 800, "sigma": 1.0, "min": 10, "max": 2500},
+                    "output_tokens": {"median": 300, "sigma": 1.0, "min": 16, "max": 1500},
+                    "summary_tokens": {"median": 3000, "min": 200, "max": 4000},
+                }
+            ]
+        }
+    )
+    requests = requests_of(visits(AgentSwarm(config), 0, 4))
+    assert any(r.kind == "summary" for r in requests)
+    assert all(r.prompt_tokens + r.max_tokens <= 8192 for r in requests)

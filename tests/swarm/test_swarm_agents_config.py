@@ -55,6 +55,11 @@ def test_defaults_resemble_a_coding_agent():
             "below min",
         ),
         ({"seeds": 3}, "seeds", "Extra inputs"),
+        (
+            {"agents": [{"name": "a", "context_watermark_tokens": 200_000}]},
+            "agents[0]",
+            "below context_limit_tokens",
+        ),
     ],
 )
 def test_errors_name_the_bad_key(tmp_path, document, key, message):

@@ -26,7 +26,7 @@ import orjson
 from loadtest.swarm.blocks import CHAT_BLOCK_TOKENS, RenderedChat
 from loadtest.swarm.plan import Actions, Fork, PlannedRequest, Send, Think
 from loadtest.swarm.shard import Shard
-from loadtest.swarm.textgen import text_key, words
+from loadtest.swarm.textgen import WORD_BYTES, text_key, words
 from loadtest.swarm.workloads.agents_config import AgentsConfig, AgentType, LogNormal
 from loadtest.swarm.workloads.base import Workload
 
@@ -53,6 +53,7 @@ SUMMARY_INSTRUCTION = (
     "Your context is nearly full. Summarise the task, the decisions taken, the files touched and what "
     "remains to be done, so that the work can continue from the summary alone."
 )
+SUMMARY_INSTRUCTION_TOKENS = 64  # the instruction's message in the chat template, rounded up
 
 
 def _tool_names(count: int) -> list[str]:
@@ -185,11 +186,16 @@ class AgentSession:
             context.sent_blocks = len(keys)
         return request
 
-    def summarise_if_full(self, context: _Context, session: str) -> Actions:
+    def summarise_if_full(
+        self, context: _Context, rng: random.Random, session: str, next_output: int
+    ) -> Actions:
+        """Past the watermark, or when the next call would not fit the context: summarise, new cycle."""
         spec = self.profile.spec
-        if context.rendered.prompt_tokens() <= spec.context_watermark_tokens:
+        prompt = context.rendered.prompt_tokens()
+        if prompt <= spec.context_watermark_tokens and prompt + next_output <= spec.context_limit_tokens:
             return
-        tokens = spec.summary_tokens.sample_int(self.rng)
+        room = spec.context_limit_tokens - prompt - SUMMARY_INSTRUCTION_TOKENS
+        tokens = max(1, min(spec.summary_tokens.sample_int(rng), room))
         yield Send(
             self.plan(context, tokens, "summary", session, {"role": "user", "content": SUMMARY_INSTRUCTION})
         )
@@ -200,6 +206,15 @@ class AgentSession:
         context.add(summary)
         if context is self.context:
             self.cycles += 1
+
+    def fitting(self, context: _Context, tokens: int) -> int:
+        """`tokens` of new input, cut so that the context keeps room below its limit for the next call or
+        a summary (half the gap between the watermark and the limit), as agents truncate long tool output."""
+        spec = self.profile.spec
+        ceiling = (
+            spec.context_watermark_tokens + (spec.context_limit_tokens - spec.context_watermark_tokens) // 2
+        )
+        return max(1, min(tokens, ceiling - context.rendered.prompt_tokens()))
 
     def tool_calls(self, context: _Context, rng: random.Random, names: list[str]) -> list[dict]:
         calls = []
@@ -231,9 +246,9 @@ class AgentSession:
         spec = self.profile.spec
         for step in range(step_count):
             final = step == step_count - 1
-            yield from self.summarise_if_full(context, session)
             delegate = may_delegate and not final and rng.random() < spec.subagents.probability
             output = (final_tokens if final else spec.output_tokens).sample_int(rng)
+            yield from self.summarise_if_full(context, rng, session, output)
             yield Send(self.plan(context, output, kind, session))
             if final:
                 context.add({"role": "assistant", "content": context.text(output)})
@@ -248,14 +263,17 @@ class AgentSession:
                 ]
                 yield Fork(children)  # type: ignore[arg-type]
                 for call, child in zip(calls, children, strict=True):
-                    context.add({"role": "tool", "tool_call_id": call["id"], "content": child.report})
+                    report = child.report[
+                        : WORD_BYTES * self.fitting(context, len(child.report) // WORD_BYTES)
+                    ]
+                    context.add({"role": "tool", "tool_call_id": call["id"], "content": report})
                 continue
             names = [rng.choice(self.profile.work_tools) for _ in range(spec.parallel_tool_calls.sample(rng))]
             calls = self.tool_calls(context, rng, names or [self.profile.work_tools[0]])
             context.add({"role": "assistant", "content": context.text(output), "tool_calls": calls})
             yield Think(spec.agent_think_s.sample(rng), "agent")
             for call in calls:
-                result = context.text(spec.tool_result_tokens.sample_int(rng))
+                result = context.text(self.fitting(context, spec.tool_result_tokens.sample_int(rng)))
                 context.add({"role": "tool", "tool_call_id": call["id"], "content": result})
 
 
@@ -275,7 +293,7 @@ class SubAgentRun:
         spec = self._session.profile.spec
         context = self._context
         task = spec.subagents.task_tokens.sample_int(self._rng)
-        context.add({"role": "user", "content": context.text(task)})
+        context.add({"role": "user", "content": context.text(self._session.fitting(context, task))})
         steps = spec.subagents.steps.sample(self._rng)
         yield from self._session.steps(
             context, self._rng, steps, spec.subagents.report_tokens, "subagent", self.id, may_delegate=False
@@ -303,7 +321,12 @@ class AgentTurn:
             else:
                 yield Think(spec.human_think_s.sample(session.rng), "human")
                 context.add(
-                    {"role": "user", "content": context.text(spec.human_reply_tokens.sample_int(session.rng))}
+                    {
+                        "role": "user",
+                        "content": context.text(
+                            session.fitting(context, spec.human_reply_tokens.sample_int(session.rng))
+                        ),
+                    }
                 )
             steps = spec.steps_per_turn.sample(session.rng)
             yield from session.steps(

@@ -120,11 +120,23 @@ class AgentType(_Strict):
     """Seconds between a tool call and the next model call (the tools run): the agent's cadence."""
     human_think_s: LogNormal = LogNormal(median=120, sigma=1.0, min=5, max=3600)
     """Seconds before the user replies to a finished turn: the human's cadence, minutes not seconds."""
-    context_watermark_tokens: int = Field(default=120_000, ge=1000)
+    context_watermark_tokens: int = Field(default=100_000, ge=1000)
     """Past this prompt length the session summarises its history and starts a new cycle from the
     system prompt and the summary."""
+    context_limit_tokens: int = Field(default=131_072, ge=2048)
+    """The model's context length: a session also summarises when its next call would not fit, and a
+    summary never asks for more output than fits."""
     summary_tokens: LogNormal = LogNormal(median=2000, sigma=0.3, min=200, max=8000)
     subagents: SubAgents = SubAgents()
+
+    @model_validator(mode="after")
+    def _watermark_below_the_limit(self) -> AgentType:
+        if self.context_watermark_tokens >= self.context_limit_tokens:
+            raise ValueError(
+                f"context_watermark_tokens ({self.context_watermark_tokens}) must be below "
+                f"context_limit_tokens ({self.context_limit_tokens})"
+            )
+        return self
 
 
 class WorkingSet(_Strict):
