@@ -24,7 +24,8 @@ def fast_sim(**changes) -> SimConfig:
 def conversation(tag: int, turns: int) -> list[dict]:
     messages = [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"task {tag}: fix bug {tag}"},
+        # long enough that each conversation owns blocks past the shared system prompt from its first turn
+        {"role": "user", "content": f"task {tag}: fix bug {tag}\n" + f"traceback line {tag}\n" * 60},
     ]
     for turn in range(turns):
         messages += [
