@@ -56,6 +56,22 @@ class HttpRequest:
         self.headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
+def interval_pieces(
+    tokens: list[int], sent: int, interval: int, json_by_id: dict[int, bytes]
+) -> tuple[list[bytes], list[int]]:
+    """vLLM's --stream-interval: the first token alone, then `interval` tokens per chunk (the last chunk
+    takes what is left). Returns each chunk's text as a JSON string and the output count at its end."""
+    pieces, ends = [], []
+    start = 0
+    while start < len(tokens):
+        size = 1 if sent + start == 0 else interval
+        group = tokens[start : start + size]
+        pieces.append(b'"' + b"".join(json_by_id[token][1:-1] for token in group) + b'"')
+        start += len(group)
+        ends.append(sent + start)
+    return pieces, ends
+
+
 async def send_body(
     send: Send,
     status: int,
@@ -221,6 +237,7 @@ class ReplicaAPI:
         await send({"type": "http.response.start", "status": HTTPStatus.OK, "headers": SSE_HEADERS})
         sent = 0
         started = generation.kind != "chat"
+        interval = replica.config.stream_interval
         while True:
             await sim_request.wait_for_output()
             if disconnect.done():
@@ -230,15 +247,21 @@ class ReplicaAPI:
             if not started and tokens:
                 chunks.append(formatter.role_chunk())
                 started = True
+            if tokens:
+                sim_request.stream_interval = interval
             limit = len(tokens)
             if die_after is not None:
                 limit = min(limit, die_after - sent)
             finishing = sim_request.finished and limit == len(tokens) and not sim_request.pending
-            for index in range(limit):
-                text_json = json_by_id[tokens[index]]
-                last = finishing and index == limit - 1 and sim_request.finish_reason != FINISH_ERROR
+            if interval == 1:
+                pieces = [json_by_id[tokens[index]] for index in range(limit)]
+                ends = range(sent + 1, sent + limit + 1)
+            else:
+                pieces, ends = interval_pieces(tokens[:limit], sent, interval, json_by_id)
+            for index, text_json in enumerate(pieces):
+                last = finishing and index == len(pieces) - 1 and sim_request.finish_reason != FINISH_ERROR
                 if generation.continuous_usage:
-                    done = sent + index + 1
+                    done = ends[index]
                     reason = sim_request.finish_reason if last else None
                     chunks.append(
                         formatter.token_chunk_with_usage(text_json, reason, usage(prompt_tokens, done, None))

@@ -86,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.max_num_batched_tokens,
         help="token budget of one scheduler step (default 8192)",
     )
+    engine.add_argument(
+        "--stream-interval",
+        type=int,
+        default=DEFAULTS.stream_interval,
+        help="output tokens per streamed chunk after the first, as vLLM's --stream-interval (default 1); "
+        "fewer chunks for long load tests on a small machine",
+    )
     engine.add_argument("--tokenizer", default=None, help="a Hugging Face tokenizer.json (default: built-in)")
     engine.add_argument(
         "--no-prompt-tokens-details",
@@ -217,6 +224,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         tokenizer=args.tokenizer,
         enable_prompt_tokens_details=args.prompt_tokens_details,
         default_max_tokens=args.default_max_tokens,
+        stream_interval=args.stream_interval,
         hash_seed=args.hash_seed,
         vllm_version=args.vllm_version,
         kv_events_port=args.kv_events_port,

@@ -83,6 +83,8 @@ class SimConfig:
     tokenizer: str | None = None
     enable_prompt_tokens_details: bool = True
     default_max_tokens: int = 256
+    stream_interval: int = 1
+    """Output tokens per streamed chunk after the first, as vLLM's --stream-interval."""
     hash_seed: int | None = None
     vllm_version: str = "0.26.0"
 
@@ -142,6 +144,8 @@ class SimConfig:
             raise ConfigError("time_scale must be > 0")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("gpu_memory_utilization must lie in (0, 1]")
+        if self.stream_interval < 1:
+            raise ConfigError("stream_interval must be >= 1")
         if self.default_max_tokens < 1:
             raise ConfigError("default_max_tokens must be >= 1")
         if self.kv_events_encoding not in KV_EVENTS_ENCODINGS:

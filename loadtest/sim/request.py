@@ -61,6 +61,7 @@ class SimRequest:
         "root_hash",
         "scheduled",
         "state",
+        "stream_interval",
         "token_ids",
         "waiter",
     )
@@ -101,6 +102,8 @@ class SimRequest:
         self.error: str | None = None
         self.fail_after_tokens: int | None = None
         self.pending: list[int] = []
+        self.stream_interval = 1
+        """Output tokens the stream waits for before it wakes (the first token and the end wake it anyway)."""
         self.waiter: asyncio.Future[None] | None = None
         self.extend_block_hashes(block_size)
         last = self.block_hashes[-1] if self.block_hashes else root_hash
@@ -140,7 +143,8 @@ class SimRequest:
         if len(self.token_ids) % block_size == 0:
             self.extend_block_hashes(block_size)
         self.pending.append(token_id)
-        self.wake()
+        if len(self.pending) >= self.stream_interval:
+            self.wake()
 
     def wake(self) -> None:
         waiter = self.waiter

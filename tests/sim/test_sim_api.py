@@ -35,6 +35,22 @@ async def test_streaming_and_non_streaming_chat_through_the_openai_client(start_
     assert whole.id.startswith("chatcmpl-")
 
 
+async def test_stream_interval_groups_tokens_into_fewer_chunks_as_vllm_does(start_fleet):
+    fleet = await start_fleet(time_scale=1000, stream_interval=4)
+    client = client_for(fleet.urls[0])
+    streamed = await stream_chat(client, MESSAGES, max_completion_tokens=10)
+    whole = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10)
+
+    sizes = [
+        len(c.choices[0].delta.content) // 4
+        for c in streamed.chunks
+        if c.choices and c.choices[0].delta.content
+    ]
+    assert sizes == [1, 4, 4, 1], "the first token alone, then four at a time, then the rest"
+    assert streamed.text == whole.choices[0].message.content and streamed.usage.completion_tokens == 10
+    assert streamed.finish_reason == "length"
+
+
 async def test_sse_wire_format_and_default_output_lengths(start_fleet):
     fleet = await start_fleet(time_scale=1000, default_max_tokens=5)
     async with httpx.AsyncClient(base_url=fleet.urls[0]) as http:
