@@ -1,0 +1,287 @@
+"""How close does each router come to the best any routing could do? Hit rate, TTFT and load spread.
+
+    python benchmarks/routing.py                              # agents and WEKA replay, every contender
+    python benchmarks/routing.py --workloads agents --contenders round_robin,affinity,oracle
+    python benchmarks/routing.py --peers-venv /tmp/peers-venv  # where sglang-router / vllm-router live
+
+For each workload, every contender routes the same seeded swarm over its own freshly started fleet of
+simulated replicas (8 by default, bounded HBM and a DRAM tier), one after the other in one run:
+
+- `round_robin`, `affinity`: kvgate with that policy (embedded index);
+- `oracle`: one simulated replica with eight times the cache and the compute (`--slowdown 1/8`), the hit
+  rate no routing over eight replicas can beat (the pooled oracle);
+- `sglang-cache_aware`, `vllm-consistent_hash`, `vllm-cache_aware`: the peers from PyPI (sglang-router,
+  vllm-router), started from the virtualenv `--peers-venv`, skipped with a note when it lacks them.
+
+It prints, per workload, the side-by-side table and the checks: affinity's hit rate at least 95% of the
+oracle's, its TTFT p90 at least 5x lower than round-robin's, the busiest replica's request share at most
+1.5x the mean, and a higher hit rate and lower TTFT p90 than every peer that ran. Exit status 0 when all
+hold. Reports and plots go under `--output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loadtest.experiment import Contender, Outcome, kvgate, pooled_oracle, run_contender
+from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
+
+REPO = Path(__file__).resolve().parents[1]
+WEKA_TRACE = REPO.parent / "shared" / "traces" / "weka-claude-code"
+MODEL = "sim-llama3-8b"
+
+FLEET_ARGS = [
+    "--max-model-len", "131072", "--hbm-blocks", "12000", "--dram-blocks", "24000", "--stream-interval", "10",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"router exited with status {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/v1/models", timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"router at {url} did not serve /v1/models within {timeout_s:.0f} s")
+
+
+def peer(label: str, executable: Path, command: list[str], policy: str) -> Contender:
+    """A peer router started as `executable command... --worker-urls URLS --policy policy`."""
+
+    @contextlib.contextmanager
+    def start(urls: list[str]) -> Iterator[str]:
+        port = free_port()
+        argv = [str(executable), *command, "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--worker-urls", *urls, "--policy", policy]
+        log = open(os.devnull, "wb")  # noqa: SIM115
+        process = subprocess.Popen(argv, stdout=log, stderr=log)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_serving(url, process)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+    return Contender(label, start)
+
+
+def sim_args(args: argparse.Namespace) -> list[str]:
+    return ["--time-scale", str(args.time_scale), *FLEET_ARGS, *args.sim_arg]
+
+
+def contenders(names: list[str], replicas: int, peers_venv: Path, fleet: list[str]) -> list[Contender]:
+    sglang = peers_venv / "bin" / "sglang-router"
+    vllm = peers_venv / "bin" / "vllm-router"
+    known: dict[str, tuple[Path | None, Any]] = {
+        "round_robin": (None, lambda: kvgate("round_robin")),
+        "affinity": (None, lambda: kvgate("affinity")),
+        "oracle": (None, lambda: pooled_oracle(replicas, fleet)),
+        "sglang-cache_aware": (
+            sglang,
+            lambda: peer("sglang-router cache_aware", sglang, ["launch"], "cache_aware"),
+        ),
+        "vllm-consistent_hash": (
+            vllm,
+            lambda: peer("vllm-router consistent_hash", vllm, [], "consistent_hash"),
+        ),
+        "vllm-cache_aware": (vllm, lambda: peer("vllm-router cache_aware", vllm, [], "cache_aware")),
+    }
+    chosen = []
+    for name in names:
+        if name not in known:
+            raise SystemExit(f"unknown contender {name!r}; known: {', '.join(known)}")
+        needs, make = known[name]
+        if needs is not None and not needs.exists():
+            print(
+                f"skipped {name}: {needs} not found (pip install sglang-router vllm-router in --peers-venv)"
+            )
+            continue
+        chosen.append(make())
+    return chosen
+
+
+def decision_reasons(endpoint: str) -> dict[str, float]:
+    """kvgate's routing decisions by reason, from its /metrics (empty for a peer or a replica)."""
+    try:
+        text = httpx.get(endpoint + "/metrics", timeout=5.0).text
+    except httpx.HTTPError:
+        return {}
+    reasons: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "kvgate_requests_total":
+                reason = sample.labels.get("reason", "?")
+                reasons[reason] = reasons.get(reason, 0.0) + sample.value
+    return reasons
+
+
+def swarm_config(
+    workload: str, args: argparse.Namespace, endpoint: str, label: str, output: Path
+) -> SwarmConfig:
+    time_scale = args.time_scale
+    common: dict[str, Any] = {
+        "endpoint": endpoint,
+        "model": MODEL,
+        "users": args.users,
+        "duration_s": args.seconds * time_scale,
+        "time_scale": time_scale,
+        "seed": args.seed,
+        "output_dir": str(output / workload / label.replace(" ", "-")),
+        "label": label,
+        "quiet": True,
+    }
+    if workload == "agents":
+        return SwarmConfig(workload="agents", **common)
+    return SwarmConfig(workload="replay", trace=[str(args.trace)], shared_prefix=True, prewarm=True, **common)
+
+
+def checks(outcomes: list[Outcome]) -> list[tuple[str, bool]]:
+    by_label = {outcome.label: outcome for outcome in outcomes}
+    affinity = by_label.get("kvgate affinity")
+    if affinity is None:
+        return []
+
+    def hit(outcome: Outcome) -> float:
+        return outcome.summary["cache"]["hit_rate"]
+
+    def p90(outcome: Outcome) -> float:
+        return outcome.summary["latency_s"]["ttft"]["p90"]
+
+    results = []
+    if oracle := by_label.get("pooled oracle"):
+        ratio = hit(affinity) / hit(oracle)
+        results.append((f"affinity hit rate / oracle's = {ratio:.3f} (>= 0.95)", ratio >= 0.95))
+    if round_robin := by_label.get("kvgate round_robin"):
+        ratio = p90(round_robin) / p90(affinity)
+        results.append((f"round_robin TTFT p90 / affinity's = {ratio:.1f}x (>= 5)", ratio >= 5))
+    share = affinity.busiest_share
+    results.append((f"affinity busiest replica share = {share:.2f}x the mean (<= 1.5)", share <= 1.5))
+    for outcome in outcomes:
+        if outcome.label.startswith(("sglang", "vllm")):
+            better = hit(affinity) > hit(outcome) and p90(affinity) < p90(outcome)
+            results.append(
+                (
+                    f"affinity vs {outcome.label}: hit {hit(affinity):.1%} vs {hit(outcome):.1%}, "
+                    f"TTFT p90 {p90(affinity):.2f} s vs {p90(outcome):.2f} s",
+                    better,
+                )
+            )
+    return results
+
+
+async def run_workload(workload: str, args: argparse.Namespace, chosen: list[Contender]) -> bool:
+    output = Path(args.output)
+    reasons: dict[str, dict[str, float]] = {}
+
+    async def swarm(endpoint: str, label: str) -> Any:
+        result = await run_swarm(swarm_config(workload, args, endpoint, label, output))
+        reasons[label] = decision_reasons(endpoint)
+        return result
+
+    outcomes = []
+    for contender in chosen:
+        started = time.monotonic()
+        outcome = await run_contender(contender, args.replicas, sim_args(args), swarm)
+        outcomes.append(outcome)
+        summary = outcome.summary
+        print(
+            f"  {workload} / {contender.label}: hit {summary['cache']['hit_rate']:.1%}, "
+            f"TTFT p90 {summary['latency_s']['ttft']['p90']:.2f} s, busiest {outcome.busiest_share:.2f}x, "
+            f"TTFT mean {summary['latency_s']['ttft']['mean']:.2f} s "
+            f"(replicas' own {outcome.replica_ttft_mean_s:.2f} s) "
+            f"({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
+
+    from rich.console import Console
+
+    console = Console(width=160)
+    summaries = [outcome.summary for outcome in outcomes]
+    console.print(
+        comparison_table(
+            summaries, title=f"{workload}: {args.replicas} simulated replicas, {args.users} users"
+        )
+    )
+    for outcome in outcomes:
+        spread = " ".join(f"{count:.0f}" for count in outcome.requests_per_replica)
+        decided = ", ".join(
+            f"{reason} {count:.0f}" for reason, count in sorted(reasons[outcome.label].items())
+        )
+        print(
+            f"  {outcome.label}: busiest share {outcome.busiest_share:.2f}x; requests per replica [{spread}]"
+            + (f"; decisions: {decided}" if decided else "")
+        )
+    results = checks(outcomes)
+    for text, ok in results:
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+    (output / workload).mkdir(parents=True, exist_ok=True)
+    (output / workload / "comparison.md").write_text(comparison_markdown(summaries))
+    return all(ok for _, ok in results)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--workloads", default="agents,replay", help="agents, replay or both (comma-separated)"
+    )
+    parser.add_argument(
+        "--contenders",
+        default="round_robin,affinity,oracle,sglang-cache_aware,vllm-consistent_hash,vllm-cache_aware",
+    )
+    parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="wall-clock seconds of load per contender"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--time-scale", type=float, default=10.0, help="simulated seconds per wall second")
+    parser.add_argument(
+        "--sim-arg", action="append", default=[], help="extra `kvgate sim` argument (repeatable)"
+    )
+    parser.add_argument("--trace", type=Path, default=WEKA_TRACE)
+    parser.add_argument("--peers-venv", type=Path, default=Path("/tmp/peers-venv"))
+    parser.add_argument("--output", default="kvgate-results/routing")
+    args = parser.parse_args()
+
+    chosen = contenders(
+        [c.strip() for c in args.contenders.split(",") if c.strip()],
+        args.replicas,
+        args.peers_venv,
+        sim_args(args),
+    )
+    ok = True
+    for workload in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+        ok = asyncio.run(run_workload(workload, args, chosen)) and ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
