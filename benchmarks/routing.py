@@ -150,7 +150,7 @@ def swarm_config(
     common: dict[str, Any] = {
         "endpoint": endpoint,
         "model": MODEL,
-        "users": args.users,
+        "users": args.users if workload == "agents" else args.replay_users,
         "duration_s": args.seconds * time_scale,
         "time_scale": time_scale,
         "seed": args.seed,
@@ -225,11 +225,7 @@ async def run_workload(workload: str, args: argparse.Namespace, chosen: list[Con
 
     console = Console(width=160)
     summaries = [outcome.summary for outcome in outcomes]
-    console.print(
-        comparison_table(
-            summaries, title=f"{workload}: {args.replicas} simulated replicas, {args.users} users"
-        )
-    )
+    console.print(comparison_table(summaries, title=f"{workload}: {args.replicas} simulated replicas"))
     for outcome in outcomes:
         spread = " ".join(f"{count:.0f}" for count in outcome.requests_per_replica)
         decided = ", ".join(
@@ -257,7 +253,10 @@ def main() -> int:
         default="round_robin,affinity,oracle,sglang-cache_aware,vllm-consistent_hash,vllm-cache_aware",
     )
     parser.add_argument("--replicas", type=int, default=8)
-    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--users", type=int, default=32, help="agent users (default 32)")
+    parser.add_argument(
+        "--replay-users", type=int, default=64, help="replayed conversations at once (default 64)"
+    )
     parser.add_argument(
         "--seconds", type=float, default=60.0, help="wall-clock seconds of load per contender"
     )

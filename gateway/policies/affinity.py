@@ -5,7 +5,9 @@ queued on it. The lowest estimate wins, except that a replica carrying more than
 the pool's mean outstanding requests (and at least `guard_min_outstanding`), or whose KV cache is nearly
 full, is passed over while another replica is not: so a hot prefix spreads to a second replica instead
 of piling onto one, and the replica that takes it becomes a holder too. Estimates within
-`tie_tolerance` of the best are ties, broken by rendezvous hashing on the prompt so that independent
+`tie_tolerance` of the best are ties: the replica holding more of the prompt wins them (leaving a
+conversation's cache for a gain lost in the estimate's noise only wastes the cache), then the less
+loaded one (so new conversations spread), then rendezvous hashing on the prompt so that independent
 gateway replicas agree.
 
 Reasons: `affinity` (the winner holds part of the prompt and is the cheapest), `load_guard` (the
@@ -79,11 +81,13 @@ class AffinityPolicy:
     def _cheapest_first(
         self, replicas: list[Replica], estimates: dict[str, Estimate], context: RouteContext
     ) -> list[Replica]:
-        """By estimate; those within the tie tolerance of the best come first, in rendezvous order."""
+        """By estimate. Those within the tie tolerance of the best come first: the ones holding the most of
+        the prompt, then the least loaded, then in rendezvous order (so gateway replicas agree)."""
         if not replicas:
             return []
         by_cost = sorted(replicas, key=lambda r: estimates[r.name].ttft_s)
         limit = estimates[by_cost[0].name].ttft_s * (1 + self.settings.tie_tolerance)
-        tied = [r for r in by_cost if estimates[r.name].ttft_s <= limit]
+        tied = rendezvous_order([r for r in by_cost if estimates[r.name].ttft_s <= limit], context.prefix_key)
+        tied.sort(key=lambda r: (-estimates[r.name].cached_tokens, r.outstanding()))
         rest = [r for r in by_cost if estimates[r.name].ttft_s > limit]
-        return rendezvous_order(tied, context.prefix_key) + rest
+        return tied + rest

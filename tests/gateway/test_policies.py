@@ -129,6 +129,26 @@ def test_ties_break_by_rendezvous_so_independent_gateways_agree():
     assert len(choices) == 6 and max(choices.values()) < 80
 
 
+def test_a_tie_goes_to_the_replica_holding_more_of_the_prompt_then_to_the_less_loaded():
+    holder, other = fleet(2)
+    policy = AffinityPolicy(PROFILE)
+    matches = {holder.name: PrefixMatch(hbm=20)}
+    plain = policy.rank(context([holder, other], matches))
+    unscaled = {e.replica: e.unscaled_s for e in plain.estimates}
+    # a queue that makes the holder 3% dearer than the other: within the tie tolerance
+    holder.load.queued_prefill_seconds = unscaled[other.name] * 1.03 - unscaled[holder.name]
+    for key in range(50):
+        ranking = policy.rank(context([holder, other], matches, key=key))
+        assert ranking.replicas[0] is holder and ranking.reason == "affinity"
+
+    replicas = fleet(3)
+    for busy in replicas[:2]:
+        busy.load.inflight = 3
+    assert {
+        AffinityPolicy(PROFILE).rank(context(replicas, key=key)).replicas[0].name for key in range(50)
+    } == {replicas[2].name}
+
+
 def test_a_replica_observed_slower_than_its_peers_loses_traffic_then_recovers():
     replicas = fleet(2)
     policy = AffinityPolicy(PROFILE)
