@@ -215,6 +215,7 @@ def _explain(decision) -> dict:
                 "fetch_s": estimate.fetch_s,
                 "prefill_s": estimate.prefill_s,
                 "ttft_s": estimate.ttft_s,
+                "score_s": estimate.score_s,
                 "load_guarded": estimate.guarded,
             }
         replicas.append(row)

@@ -84,7 +84,12 @@ class RoutingConfig(_Section):
         default=0.05,
         ge=0,
         le=1.0,
-        description="Estimates within this fraction of the best are ties (rendezvous).",
+        description="Scores within this fraction of the best are ties (the bigger holder wins them).",
+    )
+    work_weight: float = Field(
+        default=0.5,
+        ge=0,
+        description="Affinity scores a replica by its TTFT estimate plus this times the prefill it adds.",
     )
     engine_token_budget: int = Field(
         default=8192, gt=0, description="The engines' tokens per scheduler step (max_num_batched_tokens)."

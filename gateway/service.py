@@ -81,6 +81,7 @@ class GatewayService:
                 guard_min_outstanding=routing.guard_min_outstanding,
                 guard_kv_usage=routing.guard_kv_usage,
                 tie_tolerance=routing.tie_tolerance,
+                work_weight=routing.work_weight,
                 engine_token_budget=routing.engine_token_budget,
             ),
         )

@@ -1,7 +1,9 @@
 """The default policy: lowest estimated time to first token, with a load guard.
 
 Each candidate's TTFT is estimated by the cost model from the prefix it holds per tier and the work
-queued on it. The lowest estimate wins, except that a replica carrying more than `guard_factor` times
+queued on it. Each is scored by that estimate plus `work_weight` times the prefill it would add to the
+replica (that work delays every request queued behind it, which a per-request TTFT does not see), and
+the lowest score wins, except that a replica carrying more than `guard_factor` times
 the pool's mean outstanding requests (and at least `guard_min_outstanding`), or whose KV cache is nearly
 full, is passed over while another replica is not: so a hot prefix spreads to a second replica instead
 of piling onto one, and the replica that takes it becomes a holder too. Estimates within
@@ -31,6 +33,7 @@ class AffinitySettings:
     guard_min_outstanding: float = 8.0
     guard_kv_usage: float = 0.98
     tie_tolerance: float = 0.05
+    work_weight: float = 0.5
     engine_token_budget: int = 8192
 
 
@@ -48,6 +51,12 @@ class AffinityPolicy:
         estimates = {
             r.name: self.cost.estimate(r, context.match_of(r), context.blocks, now) for r in candidates
         }
+        for estimate in estimates.values():
+            # the prefill a choice adds delays whatever queues behind it there: a holder with a short
+            # queue beats a cold replica whose TTFT is only a little lower
+            estimate.score_s = (
+                estimate.ttft_s + settings.work_weight * estimate.prefill_s * self.cost.pool_scale
+            )
         outstanding = {r.name: r.outstanding() for r in candidates}
         mean = sum(outstanding.values()) / len(candidates)
         for replica in candidates:
@@ -67,9 +76,9 @@ class AffinityPolicy:
         )
 
         best = ordered[0]
-        cheapest = min(estimates.values(), key=lambda e: e.ttft_s)
+        cheapest = min(estimates.values(), key=lambda e: e.score_s)
         chosen = estimates[best.name]
-        if cheapest.guarded and cheapest.ttft_s < chosen.ttft_s * (1 - settings.tie_tolerance):
+        if cheapest.guarded and cheapest.score_s < chosen.score_s * (1 - settings.tie_tolerance):
             reason = "load_guard"
         elif chosen.cached_tokens > 0:
             reason = "affinity"
@@ -85,9 +94,11 @@ class AffinityPolicy:
         the prompt, then the least loaded, then in rendezvous order (so gateway replicas agree)."""
         if not replicas:
             return []
-        by_cost = sorted(replicas, key=lambda r: estimates[r.name].ttft_s)
-        limit = estimates[by_cost[0].name].ttft_s * (1 + self.settings.tie_tolerance)
-        tied = rendezvous_order([r for r in by_cost if estimates[r.name].ttft_s <= limit], context.prefix_key)
+        by_cost = sorted(replicas, key=lambda r: estimates[r.name].score_s)
+        limit = estimates[by_cost[0].name].score_s * (1 + self.settings.tie_tolerance)
+        tied = rendezvous_order(
+            [r for r in by_cost if estimates[r.name].score_s <= limit], context.prefix_key
+        )
         tied.sort(key=lambda r: (-estimates[r.name].cached_tokens, r.outstanding()))
-        rest = [r for r in by_cost if estimates[r.name].ttft_s > limit]
+        rest = [r for r in by_cost if estimates[r.name].score_s > limit]
         return tied + rest

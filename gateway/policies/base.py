@@ -42,7 +42,9 @@ class Estimate:
     unscaled_s: float
     """queue + fetch + prefill + decode interference, as the profile prices them."""
     ttft_s: float
-    """`unscaled_s` times the replica's learned scale: what the policy compares."""
+    """`unscaled_s` times the replica's learned scale."""
+    score_s: float = 0.0
+    """What the policy compares: `ttft_s` plus the weighted prefill work the choice adds to the replica."""
     guarded: bool = False
 
 

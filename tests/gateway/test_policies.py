@@ -129,6 +129,20 @@ def test_ties_break_by_rendezvous_so_independent_gateways_agree():
     assert len(choices) == 6 and max(choices.values()) < 80
 
 
+def test_a_holder_with_a_short_queue_keeps_a_prompt_a_cold_replica_would_start_a_little_sooner():
+    def first_choice(work_weight: float):
+        holder, cold = fleet(2)
+        policy = AffinityPolicy(PROFILE, AffinitySettings(work_weight=work_weight))
+        matches = {holder.name: PrefixMatch(hbm=900)}
+        unscaled = {e.replica: e.unscaled_s for e in policy.rank(context([holder, cold], matches)).estimates}
+        # queued work that makes the holder's TTFT 20% longer than a cold prefill elsewhere
+        holder.load.queued_prefill_seconds = unscaled[cold.name] * 1.2 - unscaled[holder.name]
+        return policy.rank(context([holder, cold], matches)).replicas[0] is holder
+
+    assert first_choice(work_weight=0.5)  # the cold prefill would delay whatever queues behind it
+    assert not first_choice(work_weight=0.0)  # TTFT alone
+
+
 def test_a_tie_goes_to_the_replica_holding_more_of_the_prompt_then_to_the_less_loaded():
     holder, other = fleet(2)
     policy = AffinityPolicy(PROFILE)
