@@ -46,8 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--endpoint",
         "endpoint",
         "base URL of an OpenAI-compatible server, with or without /v1; several (space or comma separated) "
-        "spread the users over them, each user sticking to one",
+        "are spread over as --endpoint-spread says",
         nargs="+",
+    )
+    _add(
+        endpoint,
+        "--endpoint-spread",
+        "endpoint_spread",
+        "with several endpoints: user: each user sticks to one; request: each request takes the next",
+        choices=("user", "request"),
     )
     _add(endpoint, "--model", "model", "model name to send; default: the first one /v1/models lists")
     _add(endpoint, "--api-key", "api_key", "bearer token (default: $OPENAI_API_KEY)")

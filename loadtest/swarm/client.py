@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -194,6 +194,7 @@ class StreamingClient:
         max_connections: int = 0,
         ignore_eos: bool = False,
         extra_body: dict[str, Any] | None = None,
+        spread: Literal["user", "request"] = "user",
     ) -> None:
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints:
@@ -202,6 +203,7 @@ class StreamingClient:
         self.base = self.bases[0]
         self._origins = [Origin.parse(base) for base in self.bases]
         self._next_base = 0
+        self._spread = spread
         self.model = model
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
@@ -259,7 +261,7 @@ class StreamingClient:
     def _endpoint(self, user: int) -> int:
         if len(self.bases) == 1:
             return 0
-        if user >= 0:
+        if user >= 0 and self._spread == "user":
             return user % len(self.bases)
         index = self._next_base
         self._next_base = (index + 1) % len(self.bases)
@@ -270,8 +272,9 @@ class StreamingClient:
         return "/chat/completions" if request.api == "chat" else "/completions"
 
     def url(self, request: PlannedRequest, user: int = -1) -> str:
-        """Each user sticks to one endpoint (`user` modulo their number); requests without a user take
-        the endpoints in turn."""
+        """With spread "user", each user sticks to one endpoint (`user` modulo their number) and requests
+        without a user take the endpoints in turn; with spread "request", every request takes the next
+        endpoint in turn, as a load balancer in front of several gateway replicas would."""
         return self.bases[self._endpoint(user)] + self._path(request)
 
     async def send(

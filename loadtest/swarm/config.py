@@ -27,8 +27,11 @@ class SwarmConfig(BaseModel):
 
     # endpoint
     endpoint: str = "http://127.0.0.1:8000"
-    """Base URL of the endpoint; several separated by commas spread the users over them, each user
-    sticking to one (user id modulo their number)."""
+    """Base URL of the endpoint; several separated by commas are spread over as `endpoint_spread` says."""
+    endpoint_spread: Literal["user", "request"] = "user"
+    """user: each user sticks to one endpoint (user id modulo their number), as a client-side session
+    affinity would; request: every request takes the next endpoint in turn, as a Kubernetes Service in
+    front of several gateway replicas spreads a conversation's turns over them."""
     model: str | None = None
     """None: the first model the endpoint lists at /v1/models."""
     api_key: str | None = Field(default_factory=lambda: os.environ.get("OPENAI_API_KEY"))

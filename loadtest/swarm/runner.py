@@ -220,6 +220,7 @@ async def run_swarm(config: SwarmConfig) -> RunResult:
             max_connections=config.max_connections,
             ignore_eos=config.ignore_eos,
             extra_body=config.extra_body,
+            spread=config.endpoint_spread,
         ) as client:
             model = config.model or await _model(client, config.endpoint)
             client.model = model

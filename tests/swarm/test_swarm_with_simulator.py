@@ -186,3 +186,30 @@ def settled_users(summary: dict) -> float:
     """The median user count over the second half of the run's periods."""
     counts = [int(step["users"]) for step in summary["control"]]
     return statistics.median(counts[len(counts) // 2 :])
+
+
+@pytest.mark.parametrize("spread", ["user", "request"])
+async def test_endpoint_spread_sticks_users_or_rotates_requests(spread, tmp_path):
+    async with SimFleet(SimConfig(time_scale=50.0), replicas=3) as fleet:
+        result = await run_swarm(
+            SwarmConfig(
+                endpoint=",".join(fleet.urls),
+                endpoint_spread=spread,
+                agents=parse_agents_config(steady_agents()),
+                users=1,
+                duration_s=60.0,
+                max_requests=30,
+                time_scale=50.0,
+                start_spread_s=0.0,
+                output_dir=str(tmp_path / spread),
+                plots=False,
+            )
+        )
+        served = [sum(replica.engine.metrics.request_success.values()) for replica in fleet.replicas]
+    assert result.summary["requests"]["failed"] == 0 and sum(served) >= 12
+    if spread == "user":
+        # One user: all its requests on the endpoint its id picks.
+        assert sorted(served)[:2] == [0, 0]
+    else:
+        # Every request takes the next endpoint: one conversation's turns on all three, evenly.
+        assert max(served) - min(served) <= 1
