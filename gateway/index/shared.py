@@ -1,8 +1,9 @@
 """The shared index: Redis for what every gateway replica has routed, the embedded index for our own.
 
-Every lookup asks both, in one Redis round trip, and takes per replica whichever knows more; every
-routing decision goes into the embedded index at once and into a queue that a background task writes
-to Redis in batches, off the request's path. When Redis fails or is slow, a circuit breaker opens: for a
+Every lookup asks both, Redis in one round trip, and takes per replica what Redis says, refined by the
+local view below Redis's granularity (a stride of blocks); every routing decision goes into the
+embedded index at once and into a queue that a background task writes to Redis in batches, off the
+request's path. When Redis fails or is slow, a circuit breaker opens: for a
 while (1 s, doubling up to 30 s) requests route from the embedded index alone, writes wait in a
 bounded queue, a metric and a log line say so; then one lookup probes Redis again, and when it answers
 the queue drains and the gateways agree again. A failed Redis call never fails a request.
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.index.base import PrefixMatch, TierCapacity
+from gateway.index.base import NO_MATCH, PrefixMatch, TierCapacity
 from gateway.index.embedded import EmbeddedIndex
 from gateway.index.redis_store import RedisPrefixStore, pack
 from gateway.profiles import Tier
@@ -102,6 +103,8 @@ class SharedIndex:
         self._capacities: dict[str, TierCapacity] = {}
         self._models_of: dict[str, set[str]] = {}
         self._pending: deque[tuple[str, str, bytes, int]] = deque(maxlen=max_pending)
+        self._writing = 0
+        """Records of the batch being written now (taken off the queue, not yet in Redis)."""
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task | None = None
 
@@ -131,10 +134,23 @@ class SharedIndex:
             return local
         self.metrics.latency.labels("lookup").observe(time.perf_counter() - started)
         self._succeeded()
-        merged = dict(local)
-        for replica, match in shared.items():
-            if match.blocks > merged.get(replica, PrefixMatch()).blocks:
-                merged[replica] = match
+        return self._merge(names, local, shared)
+
+    def _merge(
+        self, names: list[str], local: dict[str, PrefixMatch], shared: dict[str, PrefixMatch]
+    ) -> dict[str, PrefixMatch]:
+        """Redis holds every gateway's records, so its LRU model has seen the prompts that pushed a prefix
+        out; the local model has seen this gateway's share only and remembers blocks long gone. Where
+        Redis answered, the local view only adds what Redis cannot tell: the tail past its last stored
+        (every stride-th) hash."""
+        merged: dict[str, PrefixMatch] = {}
+        stride = self.store.stride
+        for replica in names:
+            remote = shared.get(replica, NO_MATCH)
+            mine = local.get(replica, NO_MATCH)
+            best = mine if remote.blocks <= mine.blocks < remote.blocks + stride else remote
+            if best.blocks:
+                merged[replica] = best
         return merged
 
     async def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
@@ -166,20 +182,24 @@ class SharedIndex:
                     continue
                 batch = [self._pending.popleft() for _ in range(min(FLUSH_BATCH, len(self._pending)))]
                 started = time.perf_counter()
+                self._writing = len(batch)
                 try:
                     await self.store.record_many(batch)
                 except Exception as exc:
                     self._pending.extendleft(reversed(batch))
                     self._failed("record", exc)
                     continue
+                finally:
+                    self._writing = 0
                 self.metrics.latency.labels("record").observe(time.perf_counter() - started)
                 self.metrics.pending.set(len(self._pending))
                 self._succeeded()
 
     async def flush(self, timeout_s: float = 5.0) -> None:
-        """Wait until every queued record is in Redis (for tests and shutdown)."""
+        """Wait until every queued record is in Redis, the batch being written included (for tests and
+        shutdown)."""
         deadline = time.monotonic() + timeout_s
-        while self._pending and time.monotonic() < deadline:
+        while (self._pending or self._writing) and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.005)
 

@@ -47,6 +47,26 @@ async def test_a_decision_made_by_one_gateway_routes_the_others(redis_url):
         await two.close()
 
 
+async def test_what_other_gateways_pushed_out_is_gone_even_if_the_local_view_remembers_it(redis_url):
+    one, two = gateway_index(RedisConfig(url=redis_url)), gateway_index(RedisConfig(url=redis_url))
+    try:
+        prompt = chain(1, 100)
+        await one.record("m", "b", prompt)
+        await one.flush()
+        for tag in range(2, 16):  # 1400 blocks through the other gateway: more than b's 1280
+            await two.record("m", "b", chain(tag, 100))
+        await two.flush()
+        assert (await one.local.match("m", prompt, ["b"]))["b"].blocks == 100  # the stale local view
+        assert await one.match("m", prompt, ["a", "b", "c"]) == {}
+        # below Redis's granularity the local view still adds the tail: 100 blocks, not 96
+        await one.record("m", "c", prompt)
+        await one.flush()
+        assert (await one.match("m", prompt, ["c"]))["c"].blocks == 100
+    finally:
+        await one.close()
+        await two.close()
+
+
 async def test_capacity_bounds_the_entries_and_older_prompts_fall_to_lower_tiers(redis_url):
     index = gateway_index(RedisConfig(url=redis_url))
     try:
