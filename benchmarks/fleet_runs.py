@@ -1,0 +1,109 @@
+"""What the index benchmarks share: a real redis-server, several gateway processes, per-replica request
+counts, and the side-by-side table of swarm summaries."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from loadtest.process import GatewayProcess
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, no persistence; yields its URL."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="kvgate-redis-") as directory:
+        args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                "--dir", directory, "--logfile", os.path.join(directory, "redis.log")]  # fmt: skip
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                    break
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+@contextlib.contextmanager
+def gateways(
+    count: int, replica_urls: Sequence[str], extra_args: Sequence[str] = ()
+) -> Iterator[list[GatewayProcess]]:
+    """`count` gateway processes in front of the same replicas."""
+    args = ["--replicas", ",".join(replica_urls), "--log-level", "warning", *extra_args]
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(GatewayProcess(extra_args=args)) for _ in range(count)]
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU seconds the processes have used so far."""
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def requests_per_replica(urls: Sequence[str]) -> list[float]:
+    """Finished requests per replica, from each replica's own `vllm:request_success_total`."""
+    counts = []
+    with httpx.Client(timeout=5.0) as client:
+        for url in urls:
+            families = text_string_to_metric_families(client.get(url + "/metrics").text)
+            counts.append(
+                sum(s.value for f in families for s in f.samples if s.name == "vllm:request_success_total")
+            )
+    return counts
+
+
+def busiest_share(counts: Sequence[float]) -> float:
+    """The busiest replica's requests over the mean (1.0: perfectly even)."""
+    return max(counts) / (sum(counts) / len(counts)) if counts and sum(counts) else float("nan")
+
+
+def figures(summary: dict[str, Any]) -> dict[str, float]:
+    cache = summary["cache"]
+    ttft = summary["latency_s"]["ttft"]
+    return {
+        "ok": summary["requests"]["ok"],
+        "failed": summary["requests"]["failed"],
+        "hit": (cache["hit_rate"] or 0.0) * 100,
+        "ceiling": (cache["ceiling_hit_rate"] or 0.0) * 100,
+        "p50": ttft["p50"] or float("nan"),
+        "p90": ttft["p90"] or float("nan"),
+    }
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> None:
+    """One line per contender: requests, hit rate and ceiling (%), TTFT p50/p90 (s), busiest replica, the
+    gateway processes' CPU (share of one core, all of them together)."""
+    width = max(len(label) for label in rows) + 2
+    print(f"{'':{width}}{'ok':>7}{'failed':>8}{'hit rate':>10}{'ceiling':>9}{'TTFT p50':>10}{'p90':>9}"
+          f"{'busiest':>9}{'gw CPU':>8}")  # fmt: skip
+    for label, row in rows.items():
+        print(f"{label:{width}}{row['ok']:>7.0f}{row['failed']:>8.0f}{row['hit']:>9.1f}%{row['ceiling']:>8.1f}%"
+              f"{row['p50']:>9.2f}s{row['p90']:>8.2f}s{row.get('busiest', float('nan')):>9.2f}"
+              f"{row.get('cpu', float('nan')):>7.0%}")  # fmt: skip
