@@ -79,6 +79,47 @@ def requests_per_replica(urls: Sequence[str]) -> list[float]:
     return counts
 
 
+def gateway_counters(urls: Sequence[str]) -> dict[str, float]:
+    """Summed over the gateways' /metrics: decisions by reason, predicted and reported cached tokens,
+    lookups answered without Redis."""
+    totals: dict[str, float] = {}
+    with httpx.Client(timeout=5.0) as client:
+        for url in urls:
+            for family in text_string_to_metric_families(client.get(url + "/metrics").text):
+                for sample in family.samples:
+                    if sample.name == "kvgate_requests_total":
+                        key = "reason:" + sample.labels["reason"]
+                    elif sample.name in ("kvgate_predicted_cached_tokens_total", "kvgate_cached_tokens_total",
+                                         "kvgate_index_redis_fallbacks_total"):  # fmt: skip
+                        key = sample.name.removeprefix("kvgate_").removesuffix("_total")
+                    else:
+                        continue
+                    totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
+
+
+def decision_figures(counters: dict[str, float]) -> dict[str, float]:
+    """Shares of decisions by reason, predicted over reported cached tokens, Redis fallbacks."""
+    decisions = sum(v for k, v in counters.items() if k.startswith("reason:")) or float("nan")
+    reported = counters.get("cached_tokens") or float("nan")
+    return {
+        "affinity": counters.get("reason:affinity", 0.0) / decisions,
+        "load_guard": counters.get("reason:load_guard", 0.0) / decisions,
+        "predicted": counters.get("predicted_cached_tokens", 0.0) / reported,
+        "fallbacks": counters.get("index_redis_fallbacks", 0.0),
+    }
+
+
+def print_decisions(rows: dict[str, dict[str, float]]) -> None:
+    """Per contender: share of affinity and load-guard decisions, predicted / reported cached tokens,
+    lookups answered without Redis."""
+    width = max(len(label) for label in rows) + 2
+    print(f"{'':{width}}{'affinity':>10}{'load guard':>12}{'predicted/reported':>20}{'Redis fallbacks':>17}")
+    for label, row in rows.items():
+        print(f"{label:{width}}{row['affinity']:>10.1%}{row['load_guard']:>12.1%}{row['predicted']:>20.2f}"
+              f"{row['fallbacks']:>17.0f}")  # fmt: skip
+
+
 def busiest_share(counts: Sequence[float]) -> float:
     """The busiest replica's requests over the mean (1.0: perfectly even)."""
     return max(counts) / (sum(counts) / len(counts)) if counts and sum(counts) else float("nan")

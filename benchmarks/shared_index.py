@@ -32,8 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.fleet_runs import (
     busiest_share,
     cpu_seconds,
+    decision_figures,
     figures,
+    gateway_counters,
     gateways,
+    print_decisions,
     print_table,
     redis_server,
     requests_per_replica,
@@ -79,7 +82,8 @@ async def run_one(label: str, args: argparse.Namespace, output: str) -> dict[str
             )
             result = await run_swarm(config)
             cpu = (cpu_seconds(pids) - cpu) / (time.perf_counter() - wall)
-        row = figures(result.summary) | {"cpu": cpu}
+            decisions = decision_figures(gateway_counters([process.url for process in processes]))
+        row = figures(result.summary) | {"cpu": cpu} | decisions
         row["busiest"] = busiest_share(requests_per_replica(sim.urls))
     return row
 
@@ -121,6 +125,8 @@ def main() -> int:
         "busiest replica over the mean"
     )
     print_table(medians)
+    print("\nrouting decisions summed over the gateways: share by reason, cached tokens predicted / reported")
+    print_decisions(medians)
     one, shared, embedded = (medians[label] for label in CONTENDERS)
     print(
         f"\nhit rate vs 1 gateway: Redis {shared['hit'] - one['hit']:+.1f} points, "

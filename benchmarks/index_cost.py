@@ -1,0 +1,223 @@
+"""What the shared Redis index costs against the embedded one: decision latency, throughput, memory.
+
+1. Routing decision, in process: `Router.route` (render the prompt, hash its blocks, look the chain up
+   in the index for every replica, rank them with the affinity policy), the call the gateway makes for
+   every request, for a 32k-token chat prompt over 8 replicas that each hold part of it. Two gateway
+   services, one per index, built from the same configuration; calls alternate between them.
+2. Throughput: two gateway processes (`kvgate serve`, one per index) in front of the same simulated
+   replicas at a high time scale, a closed loop of streamed requests from this process against one
+   gateway at a time, the two alternating in short windows; requests/s per window, medians.
+3. Memory per entry: a fresh redis-server, the index's own record script writing many chains, INFO
+   memory before and after, and MEMORY USAGE of each key.
+
+    python benchmarks/index_cost.py           # about 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+
+import aiohttp
+import numpy as np
+import orjson
+from redis.asyncio import Redis
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.fleet_runs import redis_server
+from gateway.config import load_config
+from gateway.index.redis_store import RedisPrefixStore
+from gateway.request import parse_request
+from gateway.service import GatewayService
+from loadtest.process import GatewayProcess
+from loadtest.sim import SimProcess
+
+MODEL = "sim-llama3-8b"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def chat(conversation: int, tokens: int) -> dict:
+    """A chat body of about `tokens` tokens (4 bytes each): a shared system prompt, then its own text."""
+    system = "You are a coding agent working in a large repository. " * 80
+    unit = f" c{conversation:05d} data"
+    words = unit * ((tokens * 4 - len(system)) // len(unit))
+    return {"model": MODEL, "messages": [{"role": "system", "content": system},
+                                         {"role": "user", "content": words}]}  # fmt: skip
+
+
+def service(backend: str, replicas: int, redis_url: str) -> GatewayService:
+    urls = [{"url": f"http://127.0.0.1:{20000 + i}", "models": [MODEL]} for i in range(replicas)]
+    overrides = {"replicas": urls, "index.backend": backend, "index.redis.url": redis_url}
+    return GatewayService(load_config(overrides=overrides, environ={}))
+
+
+async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
+    services = {backend: service(backend, args.replicas, redis_url) for backend in ("embedded", "redis")}
+    probe = orjson.dumps(chat(0, args.prompt_tokens))
+    # every replica holds a different share of the probe's chain, and some other conversations
+    for gateway in services.values():
+        names = [replica.name for replica in gateway.replicas]
+        hashes = (await gateway.hasher.blocks(parse_request("chat", probe), MODEL)).hashes
+        for i, name in enumerate(names):
+            for other in range(args.other_prompts):
+                body = orjson.dumps(chat(1 + i * args.other_prompts + other, args.prompt_tokens // 4))
+                other_hashes = (await gateway.hasher.blocks(parse_request("chat", body), MODEL)).hashes
+                await gateway.index.record(MODEL, name, other_hashes)
+            await gateway.index.record(MODEL, name, hashes[: len(hashes) * (i + 1) // (len(names) + 1)])
+        flush = getattr(gateway.index, "flush", None)
+        if flush is not None:
+            await flush(timeout_s=30.0)
+    blocks = len(hashes)
+    times: dict[str, list[float]] = {backend: [] for backend in services}
+    lookups: dict[str, list[float]] = {backend: [] for backend in services}
+    for iteration in range(args.warmup + args.decisions):
+        for backend, gateway in services.items():
+            request = parse_request("chat", probe)
+            started = time.perf_counter()
+            decision = await gateway.router.route(request, MODEL)
+            elapsed = time.perf_counter() - started
+            names = [replica.name for replica in gateway.replicas]
+            started = time.perf_counter()
+            await gateway.index.match(MODEL, decision.blocks.hashes, names)
+            lookup = time.perf_counter() - started
+            if iteration >= args.warmup:
+                times[backend].append(elapsed * 1e3)
+                lookups[backend].append(lookup * 1e3)
+        assert decision.ranking.reason == "affinity", decision.ranking.reason
+    print(f"\n1. routing decision (Router.route), {args.prompt_tokens}-token chat prompt = {blocks} blocks, "
+          f"{args.replicas} replicas, {args.decisions} calls each, alternating")  # fmt: skip
+    print(f"{'':10}{'route p50':>11}{'p99':>9}{'max':>9}{'  index lookup p50':>19}{'p99':>9}")
+    for backend in services:
+        t, m = times[backend], lookups[backend]
+        print(f"{backend:10}{percentile(t, 0.5):>9.3f}ms{percentile(t, 0.99):>7.3f}ms{max(t):>7.3f}ms"
+              f"{percentile(m, 0.5):>17.3f}ms{percentile(m, 0.99):>7.3f}ms")  # fmt: skip
+    added = {q: percentile(times["redis"], q) - percentile(times["embedded"], q) for q in (0.5, 0.99)}
+    print(f"redis - embedded: p50 {added[0.5]:+.3f} ms, p99 {added[0.99]:+.3f} ms")
+    for gateway in services.values():
+        await gateway.index.close()
+
+
+async def closed_loop(session: aiohttp.ClientSession, url: str, bodies: list[bytes], seconds: float) -> int:
+    """Streams from `len(bodies)` concurrent clients for `seconds`; requests completed."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(body: bytes) -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            async with session.post(url + "/v1/chat/completions", data=body) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{url} answered {response.status}")
+            done += 1
+
+    await asyncio.gather(*(client(body) for body in bodies))
+    return done
+
+
+async def throughput(args: argparse.Namespace, gateway_urls: dict[str, str]) -> None:
+    bodies = [
+        orjson.dumps(chat(c, args.throughput_prompt_tokens) | {"max_tokens": 8, "stream": True})
+        for c in range(args.concurrency)
+    ]
+    rates: dict[str, list[float]] = {backend: [] for backend in gateway_urls}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for url in gateway_urls.values():  # warm-up: connections, the index, the replicas' caches
+            await closed_loop(session, url, bodies, 1.0)
+        for _ in range(args.windows):
+            for backend, url in gateway_urls.items():
+                started = time.perf_counter()
+                done = await closed_loop(session, url, bodies, args.window)
+                rates[backend].append(done / (time.perf_counter() - started))
+    print(f"\n2. gateway throughput: {args.concurrency} closed-loop streams of "
+          f"{args.throughput_prompt_tokens}-token prompts, {args.windows} windows of {args.window:g} s "
+          "per index, alternating")  # fmt: skip
+    for backend, values in rates.items():
+        print(f"{backend:10}{statistics.median(values):>8.0f} requests/s (median; "
+              f"{min(values):.0f}-{max(values):.0f})")  # fmt: skip
+    ratio = statistics.median(rates["redis"]) / statistics.median(rates["embedded"])
+    print(f"redis / embedded: {ratio:.0%}")
+
+
+async def memory_per_entry(args: argparse.Namespace, redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    store = RedisPrefixStore(client, stride=16)
+    rng = np.random.default_rng(0)
+    print("\n3. memory per entry (used_memory delta / entries; MEMORY USAGE / ZCARD)")
+    for label, keys, per_key in (("large ZSETs", args.memory_keys, args.memory_entries),
+                                 ("small ZSETs", args.memory_keys * 100, 100)):  # fmt: skip
+        await client.flushall()
+        before = (await client.info("memory"))["used_memory"]
+        chunk = 2000
+        for key in range(keys):
+            records = []
+            for start in range(0, per_key, chunk):
+                packed = rng.integers(0, 2**63, min(chunk, per_key - start), dtype=np.uint64).tobytes()
+                records.append((f"model-{label[0]}", f"replica-{key}", packed, per_key * 16))
+            await store.record_many(records)
+        after = (await client.info("memory"))["used_memory"]
+        entries = keys * per_key
+        sample = store.replica_key(f"model-{label[0]}", "replica-0")
+        usage = await client.memory_usage(sample, samples=0)
+        encoding = (await client.object("encoding", sample)).decode()
+        print(f"{label:12} {keys} keys x {per_key} entries ({encoding}): {(after - before) / entries:.1f} B "
+              f"per entry by used_memory, {usage / per_key:.1f} B by MEMORY USAGE")  # fmt: skip
+    await client.flushall()
+    await client.aclose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=32768)
+    parser.add_argument("--other-prompts", type=int, default=8, help="other conversations per replica")
+    parser.add_argument("--decisions", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--throughput-prompt-tokens", type=int, default=4096)
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--window", type=float, default=3.0, help="seconds")
+    parser.add_argument("--time-scale", type=float, default=1000.0)
+    parser.add_argument("--memory-keys", type=int, default=8)
+    parser.add_argument("--memory-entries", type=int, default=100_000, help="per key")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("latency", "throughput", "memory"))
+    args = parser.parse_args()
+
+    with redis_server() as redis_url:
+        if "latency" not in args.skip:
+            asyncio.run(decision_latency(args, redis_url))
+        if "throughput" not in args.skip:
+            sim_args = [
+                "--time-scale",
+                str(args.time_scale),
+                "--max-model-len",
+                "16384",
+                "--hbm-blocks",
+                "40000",
+            ]
+            with SimProcess(replicas=4, extra_args=sim_args) as sim:
+                common = ["--replicas", ",".join(sim.urls), "--log-level", "warning"]
+                with (
+                    GatewayProcess(extra_args=common) as embedded,
+                    GatewayProcess(extra_args=[*common, "--index", redis_url]) as shared,
+                ):
+                    asyncio.run(throughput(args, {"embedded": embedded.url, "redis": shared.url}))
+        if "memory" not in args.skip:
+            asyncio.run(memory_per_entry(args, redis_url))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
