@@ -17,7 +17,9 @@ rest in storage, which is what LRU with demotion gives. Each record refreshes th
 replica nobody routes to any more is forgotten.
 
 Lookup is one script call for all candidate replicas, whatever the prompt length: per replica, binary
-searches over the chain find where it stops holding it and where its HBM and DRAM parts end.
+searches over the chain (ZREVRANK) find where it stops holding it and where its HBM and DRAM parts end.
+A replica without the chain's first hash costs one command; a ZSET no larger than the replica's HBM (a
+replica without offload tiers is always trimmed to that) is all HBM, and the tier searches are skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from gateway.index.base import PrefixMatch
 
@@ -55,9 +58,20 @@ for r = 1, #KEYS do
     end
     return lo
   end
-  local held = first_failing(1, n + 1, math.huge) - 1
-  local in_hbm = first_failing(1, held + 1, hbm) - 1
-  local in_dram = first_failing(in_hbm + 1, held + 1, hbm + dram) - 1 - in_hbm
+  local held = 0
+  if rank(1) >= 0 then held = first_failing(2, n + 1, math.huge) - 1 end
+  local in_hbm, in_dram = held, 0
+  if held > 0 then
+    local size = redis.call('ZCARD', key)
+    if size > hbm then
+      in_hbm = first_failing(1, held + 1, hbm) - 1
+      if size > hbm + dram then
+        in_dram = first_failing(in_hbm + 1, held + 1, hbm + dram) - 1 - in_hbm
+      else
+        in_dram = held - in_hbm
+      end
+    end
+  end
   result[r] = {held, in_hbm, in_dram}
 end
 return result
@@ -139,9 +153,19 @@ class RedisPrefixStore:
             for model, replica, packed, capacity in records:
                 await self._record_one(self.client, model, replica, packed, capacity)
             return
+        try:
+            await self._record_pipeline(records)
+        except NoScriptError:  # Redis restarted or flushed its scripts: load it, and the batch again
+            await self.client.script_load(RECORD_SCRIPT)
+            await self._record_pipeline(records)
+
+    async def _record_pipeline(self, records: Sequence[tuple[str, str, bytes, int]]) -> None:
+        """EVALSHA straight into the pipeline: a pipeline given the Script object asks SCRIPT EXISTS
+        first, one more round trip per batch."""
         pipe = self.client.pipeline(transaction=False)
         for model, replica, packed, capacity in records:
-            await self._record_one(pipe, model, replica, packed, capacity)
+            keys = (self.replica_key(model, replica), self.clock_key(model))
+            pipe.evalsha(self._record.sha, 2, *keys, packed, max(1, self.units(capacity)), self.ttl_s)
         await pipe.execute()
 
     async def _record_one(self, client, model: str, replica: str, packed: bytes, capacity: int) -> None:

@@ -30,6 +30,8 @@ log = logging.getLogger("kvgate.index")
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 FLUSH_BATCH = 256
+FLUSH_LINGER_S = 0.005
+"""After a record wakes the writer, how long it waits for more to write in the same pipeline."""
 
 
 class CircuitBreaker:
@@ -125,9 +127,8 @@ class SharedIndex:
         capacities = [(self._capacity(r).hbm, self._capacity(r).dram) for r in names]
         started = time.perf_counter()
         try:
-            shared = await asyncio.wait_for(
-                self.store.lookup(model, packed, names, capacities), self.lookup_timeout_s
-            )
+            async with asyncio.timeout(self.lookup_timeout_s):  # no extra task, unlike wait_for
+                shared = await self.store.lookup(model, packed, names, capacities)
         except Exception as exc:
             self._failed("lookup", exc)
             self.metrics.fallbacks.inc()
@@ -174,6 +175,7 @@ class SharedIndex:
     async def _flush_forever(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(FLUSH_LINGER_S)
             self._wake.clear()
             while self._pending:
                 now = time.monotonic()

@@ -93,6 +93,7 @@ async def test_a_lookup_is_one_round_trip_whatever_the_prompt_length(redis_url, 
     try:
         await index.record("m", "a", chain(1, 2048))
         await index.flush()
+        await index.match("m", chain(1, 16), ["a"])  # loads the script if Redis does not have it yet
         stats = Redis.from_url(redis_url)
         await stats.config_resetstat()
         for length in (32, 512, 2048):
@@ -101,6 +102,20 @@ async def test_a_lookup_is_one_round_trip_whatever_the_prompt_length(redis_url, 
         assert calls["cmdstat_evalsha"]["calls"] == 3
         assert set(calls) == {"cmdstat_evalsha", "cmdstat_info"} or "cmdstat_config|resetstat" in calls
         await stats.aclose()
+    finally:
+        await index.close()
+
+
+async def test_writes_go_on_after_redis_forgets_its_scripts(redis_url):
+    index = gateway_index(RedisConfig(url=redis_url))
+    try:
+        await index.record("m", "a", chain(1, 64))
+        await index.flush()
+        await Redis.from_url(redis_url).script_flush()
+        await index.record("m", "b", chain(2, 64))
+        await index.flush()
+        assert await index.store.entries("m", "b") == 4
+        assert metric(index, "up") == 1
     finally:
         await index.close()
 
