@@ -75,9 +75,12 @@ async def run_one(
              "kv_events_replay": f"tcp://127.0.0.1:{replay + i}"}
             for i, url in enumerate(sim.urls)
         ]  # fmt: skip
-        config = {"replicas": replicas, "log_level": "warning"}
+        # the gateway's clocks run in simulated time too: a 1 s scrape, a 2 s speculative entry
+        config = {"replicas": replicas, "log_level": "warning",
+                  "health": {"scrape_interval_s": 1.0 / args.time_scale}}  # fmt: skip
         if mode == "precise":
-            config["precise"] = {"enabled": True, "tokenizer": "builtin", "block_size": 16}
+            config["precise"] = {"enabled": True, "tokenizer": "builtin", "block_size": 16,
+                                 "speculative_ttl_s": 2.0 / args.time_scale}  # fmt: skip
         path = write_yaml(os.path.join(scratch, f"{mode}.yaml"), config)
         async with GatewayProcess(extra_args=["--config", path]) as gateway:
             cpu, wall = cpu_seconds([gateway.pid]), time.perf_counter()

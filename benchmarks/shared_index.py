@@ -49,22 +49,29 @@ CONTENDERS = ("1 gateway", "3 gateways, Redis", "3 gateways, embedded")
 
 
 @contextlib.contextmanager
-def contender(label: str, replica_urls: list[str], count: int) -> Iterator[list[GatewayProcess]]:
+def contender(
+    label: str, replica_urls: list[str], count: int, time_scale: float
+) -> Iterator[list[GatewayProcess]]:
+    # the gateways' clocks run in simulated time too: a 1 s scrape of the replicas' load
+    scrape = ["--set", f"health.scrape_interval_s={1.0 / time_scale}"]
     if label == CONTENDERS[0]:
-        with gateways(1, replica_urls) as processes:
+        with gateways(1, replica_urls, scrape) as processes:
             yield processes
     elif label == CONTENDERS[1]:
-        with redis_server() as redis_url, gateways(count, replica_urls, ["--index", redis_url]) as processes:
+        with (
+            redis_server() as redis_url,
+            gateways(count, replica_urls, [*scrape, "--index", redis_url]) as processes,
+        ):
             yield processes
     else:
-        with gateways(count, replica_urls) as processes:
+        with gateways(count, replica_urls, scrape) as processes:
             yield processes
 
 
 async def run_one(label: str, args: argparse.Namespace, output: str) -> dict[str, float]:
     sim_args = ["--time-scale", str(args.time_scale), "--hbm-blocks", str(args.hbm_blocks)]
     async with SimProcess(replicas=args.replicas, extra_args=sim_args) as sim:
-        with contender(label, sim.urls, args.gateways) as processes:
+        with contender(label, sim.urls, args.gateways, args.time_scale) as processes:
             pids = [process.pid for process in processes]
             cpu, wall = cpu_seconds(pids), time.perf_counter()
             config = SwarmConfig(
