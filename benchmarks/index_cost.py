@@ -80,7 +80,13 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
     blocks = len(hashes)
     times: dict[str, list[float]] = {backend: [] for backend in services}
     lookups: dict[str, list[float]] = {backend: [] for backend in services}
+    pings: list[float] = []
+    ping = Redis.from_url(redis_url)
     for iteration in range(args.warmup + args.decisions):
+        started = time.perf_counter()
+        await ping.ping()
+        if iteration >= args.warmup:
+            pings.append((time.perf_counter() - started) * 1e3)
         for backend, gateway in services.items():
             request = parse_request("chat", probe)
             started = time.perf_counter()
@@ -101,6 +107,9 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
         t, m = times[backend], lookups[backend]
         print(f"{backend:10}{percentile(t, 0.5):>9.3f}ms{percentile(t, 0.99):>7.3f}ms{max(t):>7.3f}ms"
               f"{percentile(m, 0.5):>17.3f}ms{percentile(m, 0.99):>7.3f}ms")  # fmt: skip
+    print(f"{'PING':10}{'':29}{percentile(pings, 0.5):>17.3f}ms{percentile(pings, 0.99):>7.3f}ms"
+          "  (one bare round trip: this machine's floor)")  # fmt: skip
+    await ping.aclose()
     added = {q: percentile(times["redis"], q) - percentile(times["embedded"], q) for q in (0.5, 0.99)}
     print(f"redis - embedded: p50 {added[0.5]:+.3f} ms, p99 {added[0.99]:+.3f} ms")
     for gateway in services.values():

@@ -32,7 +32,16 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.fleet_runs import busiest_share, cpu_seconds, figures, print_table, requests_per_replica
+from benchmarks.fleet_runs import (
+    busiest_share,
+    cpu_seconds,
+    decision_figures,
+    figures,
+    gateway_counters,
+    print_decisions,
+    print_table,
+    requests_per_replica,
+)
 from loadtest.process import GatewayProcess
 from loadtest.sim import SimProcess, free_port_range
 from loadtest.swarm import SwarmConfig, run_swarm
@@ -105,7 +114,8 @@ async def run_one(
                 )
             )
             cpu = (cpu_seconds([gateway.pid]) - cpu) / (time.perf_counter() - wall)
-        row = figures(result.summary) | {"cpu": cpu}
+            decisions = decision_figures(gateway_counters([gateway.url]))
+        row = figures(result.summary) | {"cpu": cpu} | decisions
         row["busiest"] = busiest_share(requests_per_replica(sim.urls))
     return row
 
@@ -153,6 +163,8 @@ def main() -> int:
                for mode, rows in runs.items()}  # fmt: skip
     print(f"\nmedians over {args.rounds} round(s); TTFT in simulated seconds")
     print_table(medians)
+    print("\nrouting decisions: share by reason, cached tokens predicted / reported by the replicas")
+    print_decisions(medians)
     approximate, precise = medians["approximate"], medians["precise"]
     print(
         f"\nprecise - approximate: hit rate {precise['hit'] - approximate['hit']:+.1f} points, "
