@@ -29,33 +29,52 @@ log = logging.getLogger("kvgate.index")
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
+PROBE_STALE_S = 10.0
+"""A probe that neither failed nor succeeded for this long (cancelled) lets another one through."""
 FLUSH_BATCH = 256
 FLUSH_LINGER_S = 0.005
 """After a record wakes the writer, how long it waits for more to write in the same pipeline."""
 
 
 class CircuitBreaker:
+    """Closed: every call goes to Redis. Open: none does until `open_until`; then one call at a time
+    probes (half-open). Only a failed probe doubles the back-off: calls that were already in flight
+    when Redis went away fail together, and count as one failure."""
+
     def __init__(self) -> None:
         self.open_until = 0.0
         self.backoff = BACKOFF_FIRST_S
         self.is_open = False
+        self.probe_started: float | None = None
 
     def allows(self, now: float) -> bool:
-        return not self.is_open or now >= self.open_until
+        if not self.is_open:
+            return True
+        if now < self.open_until:
+            return False
+        if self.probe_started is not None and now - self.probe_started < PROBE_STALE_S:
+            return False  # another call is probing
+        self.probe_started = now
+        return True
 
     def failed(self, now: float) -> bool:
         """Record a failure; True when this failure opened the breaker (it was closed)."""
-        opened = not self.is_open
-        if self.is_open:
+        if not self.is_open:
+            self.is_open = True
+            self.backoff = BACKOFF_FIRST_S
+            self.open_until = now + self.backoff
+            return True
+        if self.probe_started is not None:  # the probe (or a call beside it) failed: wait longer
+            self.probe_started = None
             self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
-        self.is_open = True
-        self.open_until = now + self.backoff
-        return opened
+            self.open_until = now + self.backoff
+        return False
 
     def succeeded(self) -> bool:
         """Record a success; True when this success closed the breaker."""
         closed = self.is_open
         self.is_open = False
+        self.probe_started = None
         self.backoff = BACKOFF_FIRST_S
         return closed
 
@@ -179,8 +198,8 @@ class SharedIndex:
             self._wake.clear()
             while self._pending:
                 now = time.monotonic()
-                if not self.breaker.allows(now):
-                    await asyncio.sleep(self.breaker.open_until - now)
+                if not self.breaker.allows(now):  # open, or another call is probing
+                    await asyncio.sleep(max(self.breaker.open_until - now, 0.05))
                     continue
                 batch = [self._pending.popleft() for _ in range(min(FLUSH_BATCH, len(self._pending)))]
                 started = time.perf_counter()

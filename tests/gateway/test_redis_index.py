@@ -1,4 +1,5 @@
 import asyncio
+import signal
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -240,3 +241,30 @@ async def test_slow_redis_counts_as_down(tmp_path):
         finally:
             await asyncio.wait_for(blocker.aclose(), 5.0)
             await asyncio.wait_for(index.close(), 10.0)
+
+
+async def test_a_hung_redis_costs_one_probe_per_back_off_whatever_the_concurrency(tmp_path):
+    with redis_server(tmp_path / "r") as server:
+        index = gateway_index(RedisConfig(url=server.url))
+        index.lookup_timeout_s = 0.05
+        hashes = chain(1, 64)
+        await index.record("m", "a", hashes)
+        await index.flush()
+        server.process.send_signal(signal.SIGSTOP)  # hangs: every call runs into its timeout
+        try:
+            # twenty lookups in flight when Redis hangs: one outage, the breaker opens once
+            await asyncio.gather(*(index.match("m", hashes, ["a"]) for _ in range(20)))
+            assert metric(index, "up") == 0 and index.breaker.backoff == 1.0
+            # the back-off is over: one lookup probes, the others keep routing from the local view
+            index.breaker.open_until = 0.0
+            started = asyncio.get_running_loop().time()
+            found = await asyncio.gather(*(index.match("m", hashes, ["a"]) for _ in range(20)))
+            assert all(match["a"].blocks == 64 for match in found)
+            assert index.breaker.backoff == 2.0  # the probe failed: doubled once, not twenty times
+            assert asyncio.get_running_loop().time() - started < 0.5
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        index.breaker.open_until = 0.0
+        await index.match("m", hashes, ["a"])
+        assert metric(index, "up") == 1 and index.breaker.backoff == 1.0
+        await index.close()
