@@ -133,9 +133,10 @@ async def watch(
 
 
 async def kill(args: argparse.Namespace) -> Report:
-    """Three single-replica processes; SIGKILL one under load and restart it on its port 10 s later,
-    `--kill-rounds` times. Every request waits 0.5 s before its engine takes it (--added-latency), so
-    that a kill finds requests without a first byte as well as streams under way."""
+    """Three single-replica processes; SIGKILL the one with the most requests in flight under load and
+    restart it on its port 10 s later, `--kill-rounds` times. Every request waits 0.5 s before its engine
+    takes it (--added-latency), so that a kill finds requests without a first byte as well as streams
+    under way."""
     rounds = args.kill_rounds
     report = Report(f"replica killed mid-run (SIGKILL), restarted 10 s later, {rounds} rounds")
     base = free_port_range(3)
@@ -144,7 +145,7 @@ async def kill(args: argparse.Namespace) -> Report:
     for sim in sims:
         await asyncio.to_thread(sim.start)
     urls = [sim.urls[0] for sim in sims]
-    victim = replica_name(urls[0])
+    victim = ""
 
     def healthy(value: float):
         return lambda g: g.value("kvgate_replica_healthy", replica=victim) == value
@@ -159,7 +160,8 @@ async def kill(args: argparse.Namespace) -> Report:
         "out_of_pool_s": [], "out_of_index_s": [], "restarted_process_healthy_s": [],
         "back_in_pool_s": [], "routed_to_again_s": [],
     }  # fmt: skip
-    routable_after_kill = []
+    routable_after_kill: list[int] = []
+    inflight_at_kill: list[float] = []
     try:
         gateway = gateway_process(urls)
         async with gateway, aiohttp.ClientSession() as session:
@@ -167,17 +169,21 @@ async def kill(args: argparse.Namespace) -> Report:
             running = asyncio.create_task(load.run(rounds * 22.0 + 3.0))
             for _ in range(rounds):
                 await asyncio.sleep(6.0)
+                inflight = (await gauges(session, gateway)).by_label("kvgate_inflight_requests", "replica")
+                target = max(range(3), key=lambda i: inflight.get(replica_name(urls[i]), 0.0))
+                victim = replica_name(urls[target])
+                inflight_at_kill.append(inflight.get(victim, 0.0))
                 killed_at = time.monotonic()
-                sims[0].process.send_signal(signal.SIGKILL)
+                sims[target].process.send_signal(signal.SIGKILL)
                 timings["out_of_pool_s"].append(await watch(session, gateway, healthy(0.0), 10.0, killed_at))
                 timings["out_of_index_s"].append(await watch(session, gateway, indexed(0), 10.0, killed_at))
                 ready = await (await session.get(gateway.url + "/ready")).json()
                 routable_after_kill.append(ready.get("routable_replicas"))
-                await asyncio.to_thread(sims[0].stop)
+                await asyncio.to_thread(sims[target].stop)
                 await asyncio.sleep(max(0.0, killed_at + 10.0 - time.monotonic()))
                 restarted_at = time.monotonic()
-                sims[0] = SimProcess(replicas=1, port=base, extra_args=sim_args)
-                await asyncio.to_thread(sims[0].start)
+                sims[target] = SimProcess(replicas=1, port=base + target, extra_args=sim_args)
+                await asyncio.to_thread(sims[target].start)
                 timings["restarted_process_healthy_s"].append(time.monotonic() - restarted_at)
                 back = await watch(session, gateway, healthy(1.0), 20.0, restarted_at)
                 timings["back_in_pool_s"].append(back)
@@ -191,12 +197,13 @@ async def kill(args: argparse.Namespace) -> Report:
         for sim in sims:
             await asyncio.to_thread(sim.stop)
     figures = load_figures(report, records)
-    errors = final.by_label("kvgate_upstream_errors_total", "kind", replica=victim)
+    errors = final.by_label("kvgate_upstream_errors_total", "kind")
     before_first_byte = sum(count for kind, count in errors.items() if kind != "midstream")
     retried = int(final.value("kvgate_requests_total", reason="retry"))
     report.add(
         retried=retried,
-        victim_upstream_errors=errors,
+        upstream_errors=errors,
+        gateway_inflight_on_victim_at_kill=inflight_at_kill,
         routable_replicas_after_kill=routable_after_kill,
         **{name: [None if v is None else round(v, 2) for v in values] for name, values in timings.items()},
         ttft_p50_s=figures["ttft_p50_s"],
