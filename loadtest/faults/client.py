@@ -1,6 +1,7 @@
 """A closed-loop streaming load on the chat API that records how every request ended.
 
-Each of `concurrency` users holds a conversation whose prompt grows turn by turn (so a replica that
+Each of `concurrency` users, started at random moments over `start_spread_s` so that they do not move in
+step, holds a conversation whose prompt grows turn by turn (so a replica that
 served the previous turn holds most of the next one), and starts a new conversation after `turns`
 turns. Every request streams with usage. A request ends as
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import random
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -55,6 +57,8 @@ class StreamLoad:
         timeout_s: float = 60.0,
         api_key: str | None = None,
         label: str = "u",
+        start_spread_s: float = 1.5,
+        seed: int = 0,
     ) -> None:
         self.url = url.rstrip("/") + "/v1/chat/completions"
         self.model = model
@@ -67,6 +71,8 @@ class StreamLoad:
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
         self.label = label
+        self.start_spread_s = start_spread_s
+        self.random = random.Random(seed)
         self.records: list[RequestRecord] = []
 
     async def run(self, seconds: float, max_requests: int = 1_000_000) -> list[RequestRecord]:
@@ -82,6 +88,7 @@ class StreamLoad:
         return self.records
 
     async def _user(self, session: aiohttp.ClientSession, user: int, deadline: float, budget: list[int]):
+        await asyncio.sleep(self.random.uniform(0, self.start_spread_s))  # users out of step
         conversation = 0
         while time.monotonic() < deadline and budget[0] > 0:
             history: list[dict] = [{"role": "system", "content": SYSTEM}]
