@@ -248,12 +248,13 @@ async def slow(args: argparse.Namespace) -> Report:
     seconds = 25.0
     baseline, base_shares, _, _ = await slow_run(False, seconds)
     faulty, shares, reasons, _ = await slow_run(True, seconds)
-    load_figures(report, [])  # header order
     report.add(
         requests_sent=faulty["sent"],
         ok=faulty["ok"],
         lost=faulty["lost"],
         sse_error_events=faulty["sse_error"],
+        requests_sent_no_fault=baseline["sent"],
+        lost_no_fault=baseline["lost"],
         share_of_requests_no_fault=base_shares,
         share_of_requests_A_slow=shares,
         decision_reasons=reasons,
