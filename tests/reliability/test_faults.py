@@ -96,14 +96,14 @@ async def test_a_slow_replica_loses_its_traffic_without_a_hot_spot():
         SimProcess(replicas=4, extra_args=sim_args) as sim,
         gateway("--replicas", ",".join(sim.urls)) as gw,
     ):
-        load = StreamLoad(gw.url, MODEL, concurrency=12, max_tokens=32, turns=8)
-        figures = tally(await load.run(10.0))
+        load = StreamLoad(gw.url, MODEL, concurrency=16, max_tokens=32, turns=4)
+        figures = tally(await load.run(8.0))
         per_replica = (await read_gauges(gw.url)).by_label("kvgate_requests_total", "replica")
     assert figures["lost"] == 0 and figures["sse_error"] == 0, figures["lost_details"]
     total = sum(per_replica.values())
     shares = [per_replica.get(url.removeprefix("http://"), 0) / total for url in sim.urls]
     assert shares[0] < 0.5 / 4, shares  # the slow one: under half its fair share
-    assert max(shares) <= 1.5 / 4, shares  # the others absorb it evenly
+    assert max(shares[1:]) <= 1.5 / 3, shares  # the other three absorb it evenly: no hot spot
 
 
 async def test_redis_frozen_under_load_loses_no_request(tmp_path):
