@@ -42,7 +42,7 @@ import zmq.asyncio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadtest.faults import GatewayGauges, ProcessSampler, StreamLoad, tally
+from loadtest.faults import GatewayGauges, ProcessSampler, RequestRecord, StreamLoad, tally
 from loadtest.faults.kv_relay import KINDS, KvEventRelay
 from loadtest.process import GatewayProcess
 from loadtest.sim import SimProcess
@@ -162,6 +162,7 @@ async def kill(args: argparse.Namespace) -> Report:
     }  # fmt: skip
     routable_after_kill: list[int] = []
     inflight_at_kill: list[float] = []
+    probes: list[RequestRecord] = []
     try:
         gateway = gateway_process(urls)
         async with gateway, aiohttp.ClientSession() as session:
@@ -188,15 +189,17 @@ async def kill(args: argparse.Namespace) -> Report:
                 back = await watch(session, gateway, healthy(1.0), 20.0, restarted_at)
                 timings["back_in_pool_s"].append(back)
                 count = served(await gauges(session, gateway))
+                for n in range(3):  # prompts nobody holds go to the least loaded replica: the empty one
+                    probes.append(await load.cold(session, f"{n}-{time.monotonic()}"))
                 timings["routed_to_again_s"].append(
-                    await watch(session, gateway, lambda g: served(g) > count, 15.0, restarted_at)  # noqa: B023
+                    await watch(session, gateway, lambda g: served(g) > count, 20.0, restarted_at)  # noqa: B023
                 )
             records = await running
             final = await gauges(session, gateway)
     finally:
         for sim in sims:
             await asyncio.to_thread(sim.stop)
-    figures = load_figures(report, records)
+    figures = load_figures(report, [*records, *probes])
     errors = final.by_label("kvgate_upstream_errors_total", "kind")
     before_first_byte = sum(count for kind, count in errors.items() if kind != "midstream")
     retried = int(final.value("kvgate_requests_total", reason="retry"))

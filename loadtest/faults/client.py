@@ -104,6 +104,11 @@ class StreamLoad:
                 history.append({"role": "assistant", "content": "done " * 8})
             conversation += 1
 
+    async def cold(self, session: aiohttp.ClientSession, tag: str) -> RequestRecord:
+        """One request whose prompt no replica holds (no shared system prompt): the affinity policy sends
+        it to the least loaded replica, so it reaches a replica that came back empty."""
+        return await self.one(session, [{"role": "user", "content": f"cold probe {tag}: " + tag * 64}])
+
     async def one(self, session: aiohttp.ClientSession, messages: list[dict]) -> RequestRecord:
         body = {
             "model": self.model,

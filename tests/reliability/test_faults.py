@@ -66,16 +66,17 @@ async def test_a_replica_killed_under_load_loses_nothing_leaves_within_5_s_and_c
             await asyncio.to_thread(sims[0].stop)
             sims[0] = SimProcess(replicas=1, port=base, extra_args=sim_args)
             await asyncio.to_thread(sims[0].start)
-            served = (await read_gauges(gw.url)).value("kvgate_requests_total", replica=victim)
             back = await seconds_until(
-                gw.url,
-                lambda g: (
-                    g.value("kvgate_replica_healthy", replica=victim) == 1
-                    and g.value("kvgate_requests_total", replica=victim) > served
-                ),
-                8.0,
+                gw.url, lambda g: g.value("kvgate_replica_healthy", replica=victim) == 1, 8.0
             )
-            assert back is not None, "the restarted replica was not routed to again"
+            assert back is not None, "the restarted replica did not come back into the pool"
+            # it came back empty: prompts nobody holds go to the least loaded replica, which it is
+            served = (await read_gauges(gw.url)).value("kvgate_requests_total", replica=victim)
+            async with aiohttp.ClientSession() as session:
+                probes = [await load.cold(session, f"{n}-{time.monotonic()}") for n in range(3)]
+            assert all(probe.outcome.value == "ok" for probe in probes)
+            after = (await read_gauges(gw.url)).value("kvgate_requests_total", replica=victim)
+            assert after > served, "the restarted replica was not routed to again"
             figures = tally(await running)
             final = await read_gauges(gw.url)
     finally:
