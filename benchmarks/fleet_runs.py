@@ -4,6 +4,9 @@ counts, and the side-by-side table of swarm summaries."""
 from __future__ import annotations
 
 import contextlib
+import glob
+import gzip
+import json
 import os
 import shutil
 import socket
@@ -27,6 +30,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def conversations_within(directory: str, max_prompt_tokens: int) -> list[str]:
+    """The WEKA trace files whose every request, sub-agents' included, fits in `max_prompt_tokens`: a
+    replay against a model with a shorter context than the recorded one would see the rest refused."""
+
+    def longest(requests: list[dict]) -> int:
+        sizes = (longest(r["requests"]) if "requests" in r else r.get("in", 0) for r in requests)
+        return max(sizes, default=0)
+
+    chosen = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.json*"))):
+        with gzip.open(path) if path.endswith(".gz") else open(path, "rb") as file:
+            if longest(json.load(file)["requests"]) <= max_prompt_tokens:
+                chosen.append(path)
+    return chosen
 
 
 @contextlib.contextmanager

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
-import gzip
-import json
 import os
 import statistics
 import sys
@@ -34,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.fleet_runs import (
     busiest_share,
+    conversations_within,
     cpu_seconds,
     decision_figures,
     figures,
@@ -48,21 +46,6 @@ from loadtest.swarm import SwarmConfig, run_swarm
 
 TRACES = "/work/shared/traces/weka-claude-code"
 MODES = ("approximate", "precise")
-
-
-def conversations(directory: str, max_prompt_tokens: int) -> list[str]:
-    """The trace files whose every request, sub-agents' included, fits in `max_prompt_tokens`."""
-
-    def longest(requests: list[dict]) -> int:
-        sizes = (longest(r["requests"]) if "requests" in r else r.get("in", 0) for r in requests)
-        return max(sizes, default=0)
-
-    chosen = []
-    for path in sorted(glob.glob(os.path.join(directory, "*.json*"))):
-        with gzip.open(path) if path.endswith(".gz") else open(path, "rb") as file:
-            if longest(json.load(file)["requests"]) <= max_prompt_tokens:
-                chosen.append(path)
-    return chosen
 
 
 def write_yaml(path: str, document: dict) -> str:
@@ -146,7 +129,7 @@ def main() -> int:
           f"publishing KV events, WEKA replay with the shared prefix, {args.users} users, "
           f"{args.duration:g} simulated s per run at time scale {args.time_scale:g}, "
           f"seed {args.seed}")  # fmt: skip
-    traces = conversations(args.trace, args.max_prompt_tokens)
+    traces = conversations_within(args.trace, args.max_prompt_tokens)
     print(f"{len(traces)} conversations with every prompt at most {args.max_prompt_tokens} tokens")
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="kvgate-precise-") as scratch:

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.fleet_runs import conversations_within, free_port
 from loadtest.experiment import Contender, Outcome, kvgate, pooled_oracle, run_contender
 from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
 
@@ -45,15 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 WEKA_TRACE = REPO.parent / "shared" / "traces" / "weka-claude-code"
 MODEL = "sim-llama3-8b"
 
+MAX_MODEL_LEN = 131072
 FLEET_ARGS = [
-    "--max-model-len", "131072", "--hbm-blocks", "12000", "--dram-blocks", "24000", "--stream-interval", "10",
+    "--max-model-len", str(MAX_MODEL_LEN), "--hbm-blocks", "12000", "--dram-blocks", "24000",
+    "--stream-interval", "10",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -160,7 +156,9 @@ def swarm_config(
     }
     if workload == "agents":
         return SwarmConfig(workload="agents", **common)
-    return SwarmConfig(workload="replay", trace=[str(args.trace)], shared_prefix=True, prewarm=True, **common)
+    # only the conversations that fit the simulated model's context: the rest would be refused with a 400
+    fitting = conversations_within(str(args.trace), MAX_MODEL_LEN - 4096)
+    return SwarmConfig(workload="replay", trace=fitting, shared_prefix=True, prewarm=True, **common)
 
 
 def checks(outcomes: list[Outcome]) -> list[tuple[str, bool]]:
@@ -255,7 +253,7 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--users", type=int, default=32, help="agent users (default 32)")
     parser.add_argument(
-        "--replay-users", type=int, default=64, help="replayed conversations at once (default 64)"
+        "--replay-users", type=int, default=32, help="replayed conversations at once (default 32)"
     )
     parser.add_argument(
         "--seconds", type=float, default=60.0, help="wall-clock seconds of load per contender"
