@@ -62,7 +62,8 @@ def server_ttft(urls: list[str]) -> tuple[float, int]:
 
 
 def run_once(args: argparse.Namespace, output: Path) -> dict[str, float]:
-    with SimProcess(replicas=args.replicas, extra_args=["--max-num-seqs", "512"]) as sim:
+    sim_args = ["--max-num-seqs", "512", "--stream-interval", str(args.stream_interval)]
+    with SimProcess(replicas=args.replicas, extra_args=sim_args) as sim:
         simulator = psutil.Process(sim.pid)
         sim_cpu_before = sum(simulator.cpu_times()[:2])
         config = SwarmConfig(
@@ -109,6 +110,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per run")
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--stream-interval", type=int, default=1, help="the simulator's tokens per SSE chunk (default 1)"
+    )
     parser.add_argument("--target-rate", type=float, default=500.0)
     parser.add_argument("--output", help="keep the runs' results here (default: a temporary directory)")
     args = parser.parse_args()
