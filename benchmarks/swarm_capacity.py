@@ -2,6 +2,7 @@
 
     python benchmarks/swarm_capacity.py                  # 1000 users, 8 simulated replicas, 60 s, 3 runs
     python benchmarks/swarm_capacity.py --users 1500 --duration 120 --runs 1
+    python benchmarks/swarm_capacity.py --sim-processes 2 --stream-interval 4   # the simulator on both cores
 
 Each run starts a fresh `kvgate sim` in its own process (8 replicas of the 8B profile at time scale 1,
 so simulated time is wall time), then runs `run_swarm` in this process: the agent workload of
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import statistics
 import sys
@@ -61,13 +63,20 @@ def server_ttft(urls: list[str]) -> tuple[float, int]:
     return total, count
 
 
+def _split(items: list[int], parts: int) -> list[list[int]]:
+    return [items[index::parts] for index in range(parts) if items[index::parts]]
+
+
 def run_once(args: argparse.Namespace, output: Path) -> dict[str, float]:
     sim_args = ["--max-num-seqs", "512", "--stream-interval", str(args.stream_interval)]
-    with SimProcess(replicas=args.replicas, extra_args=sim_args) as sim:
-        simulator = psutil.Process(sim.pid)
-        sim_cpu_before = sum(simulator.cpu_times()[:2])
+    per_process = [len(part) for part in _split(list(range(args.replicas)), args.sim_processes)]
+    with contextlib.ExitStack() as stack:
+        sims = [stack.enter_context(SimProcess(replicas=n, extra_args=sim_args)) for n in per_process]
+        urls = [url for sim in sims for url in sim.urls]
+        simulators = [psutil.Process(sim.pid) for sim in sims]
+        sim_cpu_before = sum(sum(process.cpu_times()[:2]) for process in simulators)
         config = SwarmConfig(
-            endpoint=",".join(sim.urls),
+            endpoint=",".join(urls),
             agents=load_agents_config(WORKLOAD),
             users=args.users,
             duration_s=args.duration,
@@ -81,8 +90,8 @@ def run_once(args: argparse.Namespace, output: Path) -> dict[str, float]:
         began = time.perf_counter()
         result = asyncio.run(run_swarm(config))
         wall = time.perf_counter() - began
-        sim_cpu = sum(simulator.cpu_times()[:2]) - sim_cpu_before
-        ttft_sum, ttft_count = server_ttft(sim.urls)
+        sim_cpu = sum(sum(process.cpu_times()[:2]) for process in simulators) - sim_cpu_before
+        ttft_sum, ttft_count = server_ttft(urls)
     summary = result.summary
     records = [r for r in result.records() if r.outcome == "ok"]
     lags = sorted(float(row["loop_lag_s"]) for row in read_csv(result.paths["timeline"]))
@@ -110,6 +119,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per run")
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--sim-processes", type=int, default=1, help="simulator processes the replicas are spread over"
+    )
     parser.add_argument(
         "--stream-interval", type=int, default=1, help="the simulator's tokens per SSE chunk (default 1)"
     )
