@@ -86,18 +86,6 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
-def requests_per_replica(urls: Sequence[str]) -> list[float]:
-    """Finished requests per replica, from each replica's own `vllm:request_success_total`."""
-    counts = []
-    with httpx.Client(timeout=5.0) as client:
-        for url in urls:
-            families = text_string_to_metric_families(client.get(url + "/metrics").text)
-            counts.append(
-                sum(s.value for f in families for s in f.samples if s.name == "vllm:request_success_total")
-            )
-    return counts
-
-
 def gateway_counters(urls: Sequence[str]) -> dict[str, float]:
     """Summed over the gateways' /metrics: decisions by reason, predicted and reported cached tokens,
     lookups answered without Redis."""
@@ -137,11 +125,6 @@ def print_decisions(rows: dict[str, dict[str, float]]) -> None:
     for label, row in rows.items():
         print(f"{label:{width}}{row['affinity']:>10.1%}{row['load_guard']:>12.1%}{row['predicted']:>20.2f}"
               f"{row['fallbacks']:>17.0f}")  # fmt: skip
-
-
-def busiest_share(counts: Sequence[float]) -> float:
-    """The busiest replica's requests over the mean (1.0: perfectly even)."""
-    return max(counts) / (sum(counts) / len(counts)) if counts and sum(counts) else float("nan")
 
 
 def figures(summary: dict[str, Any]) -> dict[str, float]:

@@ -30,7 +30,6 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.fleet_runs import (
-    busiest_share,
     conversations_within,
     cpu_seconds,
     decision_figures,
@@ -38,8 +37,8 @@ from benchmarks.fleet_runs import (
     gateway_counters,
     print_decisions,
     print_table,
-    requests_per_replica,
 )
+from loadtest.experiment import busiest_share, fleet_figures
 from loadtest.process import GatewayProcess
 from loadtest.sim import SimProcess, free_port_range
 from loadtest.swarm import SwarmConfig, run_swarm
@@ -99,7 +98,7 @@ async def run_one(
             cpu = (cpu_seconds([gateway.pid]) - cpu) / (time.perf_counter() - wall)
             decisions = decision_figures(gateway_counters([gateway.url]))
         row = figures(result.summary) | {"cpu": cpu} | decisions
-        row["busiest"] = busiest_share(requests_per_replica(sim.urls))
+        row["busiest"] = busiest_share(fleet_figures(sim.urls).requests_per_replica)
     return row
 
 

@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fleet_runs import conversations_within, free_port
+from benchmarks.fleet_runs import conversations_within, free_port, gateway_counters
 from loadtest.experiment import Contender, Outcome, kvgate, pooled_oracle, run_contender
 from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
 
@@ -124,19 +123,14 @@ def contenders(names: list[str], replicas: int, peers_venv: Path, fleet: list[st
     return chosen
 
 
-def decision_reasons(endpoint: str) -> dict[str, float]:
-    """kvgate's routing decisions by reason, from its /metrics (empty for a peer or a replica)."""
-    try:
-        text = httpx.get(endpoint + "/metrics", timeout=5.0).text
-    except httpx.HTTPError:
+def decision_reasons(label: str, endpoint: str) -> dict[str, float]:
+    """kvgate's routing decisions by reason, from its /metrics (none for a peer or a replica)."""
+    if not label.startswith("kvgate"):
         return {}
-    reasons: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "kvgate_requests_total":
-                reason = sample.labels.get("reason", "?")
-                reasons[reason] = reasons.get(reason, 0.0) + sample.value
-    return reasons
+    counters = gateway_counters([endpoint])
+    return {
+        key.removeprefix("reason:"): value for key, value in counters.items() if key.startswith("reason:")
+    }
 
 
 def swarm_config(
@@ -201,7 +195,7 @@ async def run_workload(workload: str, args: argparse.Namespace, chosen: list[Con
 
     async def swarm(endpoint: str, label: str) -> Any:
         result = await run_swarm(swarm_config(workload, args, endpoint, label, output))
-        reasons[label] = decision_reasons(endpoint)
+        reasons[label] = decision_reasons(label, endpoint)
         return result
 
     outcomes = []

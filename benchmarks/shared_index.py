@@ -30,7 +30,6 @@ from collections.abc import Iterator
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.fleet_runs import (
-    busiest_share,
     cpu_seconds,
     decision_figures,
     figures,
@@ -39,8 +38,8 @@ from benchmarks.fleet_runs import (
     print_decisions,
     print_table,
     redis_server,
-    requests_per_replica,
 )
+from loadtest.experiment import busiest_share, fleet_figures
 from loadtest.process import GatewayProcess
 from loadtest.sim import SimProcess
 from loadtest.swarm import SwarmConfig, run_swarm
@@ -91,7 +90,7 @@ async def run_one(label: str, args: argparse.Namespace, output: str) -> dict[str
             cpu = (cpu_seconds(pids) - cpu) / (time.perf_counter() - wall)
             decisions = decision_figures(gateway_counters([process.url for process in processes]))
         row = figures(result.summary) | {"cpu": cpu} | decisions
-        row["busiest"] = busiest_share(requests_per_replica(sim.urls))
+        row["busiest"] = busiest_share(fleet_figures(sim.urls).requests_per_replica)
     return row
 
 

@@ -28,18 +28,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from loadtest.experiment import fleet_figures
 from loadtest.sim import SimProcess
 from loadtest.swarm.config import SwarmConfig
 from loadtest.swarm.runner import run_swarm
@@ -47,20 +46,6 @@ from loadtest.swarm.summary import read_csv
 from loadtest.swarm.workloads.agents_config import load_agents_config
 
 WORKLOAD = Path(__file__).with_name("swarm_capacity_agents.yaml")
-TTFT = re.compile(r"^vllm:time_to_first_token_seconds_(sum|count)\{[^}]*\} (\S+)$", re.MULTILINE)
-
-
-def server_ttft(urls: list[str]) -> tuple[float, int]:
-    total = 0.0
-    count = 0
-    for url in urls:
-        text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-        for kind, value in TTFT.findall(text):
-            if kind == "sum":
-                total += float(value)
-            else:
-                count += int(float(value))
-    return total, count
 
 
 def _split(items: list[int], parts: int) -> list[list[int]]:
@@ -91,7 +76,7 @@ def run_once(args: argparse.Namespace, output: Path) -> dict[str, float]:
         result = asyncio.run(run_swarm(config))
         wall = time.perf_counter() - began
         sim_cpu = sum(sum(process.cpu_times()[:2]) for process in simulators) - sim_cpu_before
-        ttft_sum, ttft_count = server_ttft(urls)
+        replicas_ttft_s = fleet_figures(urls).ttft_mean_s
     summary = result.summary
     records = [r for r in result.records() if r.outcome == "ok"]
     lags = sorted(float(row["loop_lag_s"]) for row in read_csv(result.paths["timeline"]))
@@ -108,7 +93,7 @@ def run_once(args: argparse.Namespace, output: Path) -> dict[str, float]:
         "loop_lag_max_ms": 1000 * generator["max_loop_lag_s"],
         "client_ttft_mean_ms": 1000 * summary["latency_s"]["ttft"]["mean"],
         "client_ttft_p50_ms": 1000 * summary["latency_s"]["ttft"]["p50"],
-        "server_ttft_mean_ms": 1000 * ttft_sum / max(1, ttft_count),
+        "server_ttft_mean_ms": 1000 * replicas_ttft_s,
         "sim_cpu": sim_cpu / wall,
     }
 

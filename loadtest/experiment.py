@@ -82,11 +82,12 @@ class Outcome:
 
     @property
     def busiest_share(self) -> float:
-        """The busiest replica's share of requests over the mean share (1.0: perfectly even)."""
-        counts = self.requests_per_replica
-        if not counts or not sum(counts):
-            return float("nan")
-        return max(counts) / (sum(counts) / len(counts))
+        return busiest_share(self.requests_per_replica)
+
+
+def busiest_share(counts: Sequence[float]) -> float:
+    """The busiest replica's requests over the mean (1.0: perfectly even; NaN without requests)."""
+    return max(counts) / (sum(counts) / len(counts)) if counts and sum(counts) else float("nan")
 
 
 @dataclass
