@@ -37,18 +37,20 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fleet_runs import conversations_within, free_port, gateway_counters
-from loadtest.experiment import Contender, Outcome, kvgate, pooled_oracle, run_contender
+from loadtest.experiment import (
+    BOUNDED_FLEET,
+    MAX_MODEL_LEN,
+    Contender,
+    Outcome,
+    kvgate,
+    pooled_oracle,
+    run_contender,
+)
 from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
 
 REPO = Path(__file__).resolve().parents[1]
 WEKA_TRACE = REPO.parent / "shared" / "traces" / "weka-claude-code"
 MODEL = "sim-llama3-8b"
-
-MAX_MODEL_LEN = 131072
-FLEET_ARGS = [
-    "--max-model-len", str(MAX_MODEL_LEN), "--hbm-blocks", "12000", "--dram-blocks", "24000",
-    "--stream-interval", "10",
-]  # fmt: skip
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -89,7 +91,7 @@ def peer(label: str, executable: Path, command: list[str], policy: str) -> Conte
 
 
 def sim_args(args: argparse.Namespace) -> list[str]:
-    return ["--time-scale", str(args.time_scale), *FLEET_ARGS, *args.sim_arg]
+    return ["--time-scale", str(args.time_scale), *BOUNDED_FLEET, *args.sim_arg]
 
 
 def contenders(names: list[str], replicas: int, peers_venv: Path, fleet: list[str]) -> list[Contender]:

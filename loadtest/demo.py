@@ -13,10 +13,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-DEFAULT_SIM = [
-    "--time-scale", "5", "--max-model-len", "131072",
-    "--hbm-blocks", "12000", "--dram-blocks", "24000", "--stream-interval", "10",
-]  # fmt: skip
+TIME_SCALE = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,20 +36,19 @@ def run(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from loadtest.experiment import kvgate, run_contender
+    from loadtest.experiment import BOUNDED_FLEET, kvgate, run_contender
     from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
 
     console = Console()
     output = Path(args.output)
-    time_scale = float(DEFAULT_SIM[DEFAULT_SIM.index("--time-scale") + 1])
 
     async def swarm(endpoint: str, label: str):
         config = SwarmConfig(
             endpoint=endpoint,
             workload="agents",
             users=args.users,
-            duration_s=args.seconds * time_scale,
-            time_scale=time_scale,
+            duration_s=args.seconds * TIME_SCALE,
+            time_scale=TIME_SCALE,
             seed=args.seed,
             output_dir=str(output / label.replace(" ", "-")),
             label=label,
@@ -65,7 +61,8 @@ async def _demo(args: argparse.Namespace) -> int:
         console.print(
             f"[bold]{policy}[/]: {args.replicas} simulated replicas, {args.users} agents, {args.seconds:g} s"
         )
-        outcomes.append(await run_contender(kvgate(policy), args.replicas, DEFAULT_SIM, swarm))
+        sim_args = ["--time-scale", str(TIME_SCALE), *BOUNDED_FLEET]
+        outcomes.append(await run_contender(kvgate(policy), args.replicas, sim_args, swarm))
 
     summaries = [outcome.summary for outcome in outcomes]
     console.print(comparison_table(summaries, title=f"kvgate demo: {args.replicas} simulated replicas"))

@@ -22,6 +22,15 @@ from loadtest.sim import SimProcess
 
 Start = Callable[[list[str]], contextlib.AbstractContextManager[str]]
 
+MAX_MODEL_LEN = 131_072
+BOUNDED_FLEET = [
+    "--max-model-len", str(MAX_MODEL_LEN), "--hbm-blocks", "12000", "--dram-blocks", "24000",
+    "--stream-interval", "10",
+]  # fmt: skip
+"""`kvgate sim` arguments of the demo's and the routing benchmark's replicas: a 128k context, caches
+bounded so that where a conversation lands matters (192k tokens of HBM and 384k of DRAM each), ten
+tokens per streamed chunk so that long runs at a high time scale fit a small machine's CPU."""
+
 
 @dataclass(frozen=True)
 class Contender:
