@@ -10,11 +10,12 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -125,6 +126,34 @@ def print_decisions(rows: dict[str, dict[str, float]]) -> None:
     for label, row in rows.items():
         print(f"{label:{width}}{row['affinity']:>10.1%}{row['load_guard']:>12.1%}{row['predicted']:>20.2f}"
               f"{row['fallbacks']:>17.0f}")  # fmt: skip
+
+
+Row = dict[str, float]
+
+
+def run_rounds(labels: Sequence[str], rounds: int, run: Callable[[str, int], Row]) -> dict[str, list[Row]]:
+    """`run(label, round)` for every label in turn, `rounds` times, printing each run's figures."""
+    runs: dict[str, list[Row]] = {label: [] for label in labels}
+    for round_ in range(rounds):
+        for label in labels:
+            row = run(label, round_)
+            runs[label].append(row)
+            print(f"  round {round_ + 1} {label}: hit {row['hit']:.1f}% (ceiling {row['ceiling']:.1f}%), "
+                  f"TTFT p50 {row['p50']:.2f} s p90 {row['p90']:.2f} s, {row['ok']:.0f} ok "
+                  f"{row['failed']:.0f} failed", flush=True)  # fmt: skip
+    return runs
+
+
+def medians(runs: dict[str, list[Row]]) -> dict[str, Row]:
+    """Per label, the median of each figure over its rounds."""
+    return {
+        label: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        for label, rows in runs.items()
+    }
+
+
+def failed_requests(runs: dict[str, list[Row]]) -> float:
+    return sum(row["failed"] for rows in runs.values() for row in rows)
 
 
 def figures(summary: dict[str, Any]) -> dict[str, float]:

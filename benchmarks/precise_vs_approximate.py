@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -33,10 +32,13 @@ from benchmarks.fleet_runs import (
     conversations_within,
     cpu_seconds,
     decision_figures,
+    failed_requests,
     figures,
     gateway_counters,
+    medians,
     print_decisions,
     print_table,
+    run_rounds,
 )
 from loadtest.experiment import busiest_share, fleet_figures
 from loadtest.process import GatewayProcess
@@ -130,31 +132,27 @@ def main() -> int:
           f"seed {args.seed}")  # fmt: skip
     traces = conversations_within(args.trace, args.max_prompt_tokens)
     print(f"{len(traces)} conversations with every prompt at most {args.max_prompt_tokens} tokens")
-    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="kvgate-precise-") as scratch:
         output = args.output or scratch
-        for round_ in range(args.rounds):
-            for mode in MODES:
-                directory = os.path.join(output, f"round{round_}")
-                row = asyncio.run(run_one(mode, args, traces, directory, scratch))
-                runs[mode].append(row)
-                print(f"  round {round_ + 1} {mode}: hit {row['hit']:.1f}% (ceiling {row['ceiling']:.1f}%), "
-                      f"TTFT p50 {row['p50']:.2f} s p90 {row['p90']:.2f} s, {row['ok']:.0f} ok "
-                      f"{row['failed']:.0f} failed", flush=True)  # fmt: skip
-    medians = {mode: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-               for mode, rows in runs.items()}  # fmt: skip
+        runs = run_rounds(
+            MODES,
+            args.rounds,
+            lambda mode, round_: asyncio.run(
+                run_one(mode, args, traces, os.path.join(output, f"round{round_}"), scratch)
+            ),
+        )
+    by_mode = medians(runs)
     print(f"\nmedians over {args.rounds} round(s); TTFT in simulated seconds")
-    print_table(medians)
+    print_table(by_mode)
     print("\nrouting decisions: share by reason, cached tokens predicted / reported by the replicas")
-    print_decisions(medians)
-    approximate, precise = medians["approximate"], medians["precise"]
+    print_decisions(by_mode)
+    approximate, precise = by_mode["approximate"], by_mode["precise"]
     print(
         f"\nprecise - approximate: hit rate {precise['hit'] - approximate['hit']:+.1f} points, "
         f"TTFT p50 x{precise['p50'] / approximate['p50']:.2f}, "
         f"p90 x{precise['p90'] / approximate['p90']:.2f}"
     )
-    failed = sum(row["failed"] for rows in runs.values() for row in rows)
-    return 1 if failed else 0
+    return 1 if failed_requests(runs) else 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,12 +31,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.fleet_runs import (
     cpu_seconds,
     decision_figures,
+    failed_requests,
     figures,
     gateway_counters,
     gateways,
+    medians,
     print_decisions,
     print_table,
     redis_server,
+    run_rounds,
 )
 from loadtest.experiment import busiest_share, fleet_figures
 from loadtest.process import GatewayProcess
@@ -114,26 +116,22 @@ def main() -> int:
     print(f"shared index: {args.replicas} simulated replicas ({args.hbm_blocks} HBM blocks each), "
           f"{args.users} agents, {args.duration:g} simulated s per run at time scale {args.time_scale:g}, "
           f"seed {args.seed}, {args.gateways} gateways fed per request in turn")  # fmt: skip
-    runs: dict[str, list[dict[str, float]]] = {label: [] for label in CONTENDERS}
     with tempfile.TemporaryDirectory(prefix="kvgate-shared-index-") as scratch:
         output = args.output or scratch
-        for round_ in range(args.rounds):
-            for label in CONTENDERS:
-                row = asyncio.run(run_one(label, args, os.path.join(output, f"round{round_}")))
-                runs[label].append(row)
-                print(f"  round {round_ + 1} {label}: hit {row['hit']:.1f}% (ceiling {row['ceiling']:.1f}%), "
-                      f"TTFT p50 {row['p50']:.2f} s p90 {row['p90']:.2f} s, {row['ok']:.0f} ok "
-                      f"{row['failed']:.0f} failed", flush=True)  # fmt: skip
-    medians = {label: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-               for label, rows in runs.items()}  # fmt: skip
+        runs = run_rounds(
+            CONTENDERS,
+            args.rounds,
+            lambda label, round_: asyncio.run(run_one(label, args, os.path.join(output, f"round{round_}"))),
+        )
+    by_label = medians(runs)
     print(
         f"\nmedians over {args.rounds} round(s); TTFT in simulated seconds; busiest: requests of the "
         "busiest replica over the mean"
     )
-    print_table(medians)
+    print_table(by_label)
     print("\nrouting decisions summed over the gateways: share by reason, cached tokens predicted / reported")
-    print_decisions(medians)
-    one, shared, embedded = (medians[label] for label in CONTENDERS)
+    print_decisions(by_label)
+    one, shared, embedded = (by_label[label] for label in CONTENDERS)
     print(
         f"\nhit rate vs 1 gateway: Redis {shared['hit'] - one['hit']:+.1f} points, "
         f"embedded {embedded['hit'] - one['hit']:+.1f} points"
@@ -142,8 +140,7 @@ def main() -> int:
         f"TTFT p90 vs 1 gateway: Redis x{shared['p90'] / one['p90']:.2f}, "
         f"embedded x{embedded['p90'] / one['p90']:.2f}"
     )
-    failed = sum(row["failed"] for rows in runs.values() for row in rows)
-    return 1 if failed else 0
+    return 1 if failed_requests(runs) else 0
 
 
 if __name__ == "__main__":
