@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadtest.process import GatewayProcess
+from loadtest.process import GatewayProcess, stop_process
 
 
 def free_port() -> int:
@@ -68,8 +68,7 @@ def redis_server() -> Iterator[str]:
                 time.sleep(0.02)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
-            process.terminate()
-            process.wait(10)
+            stop_process(process)
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ from loadtest.experiment import (
     pooled_oracle,
     run_contender,
 )
+from loadtest.process import stop_process
 from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,11 +81,7 @@ def peer(label: str, executable: Path, command: list[str], policy: str) -> Conte
             wait_until_serving(url, process)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
             log.close()
 
     return Contender(label, start)

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from loadtest.process import stop_process
 from tests.redis_servers import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -84,10 +85,5 @@ def prometheus(directory: Path, jobs: dict[str, list[str]], interval: str = "1s"
             time.sleep(0.1)
         yield Prometheus(url, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()

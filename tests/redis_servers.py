@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtest.process import stop_process
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
@@ -77,13 +79,8 @@ class RedisProcess:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process, timeout=5)
         self.process = None
 
 
@@ -133,8 +130,7 @@ def sentinel_setup(directory: Path) -> Iterator[tuple[RedisProcess, int]]:
             wait_for_port(port)
             yield master, port
         finally:
-            process.terminate()
-            process.wait(timeout=5)
+            stop_process(process, timeout=5)
 
 
 @contextlib.contextmanager
