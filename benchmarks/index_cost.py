@@ -26,6 +26,7 @@ import time
 import aiohttp
 import numpy as np
 import orjson
+import uvloop
 from redis.asyncio import Redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -209,7 +210,7 @@ def main() -> int:
 
     with redis_server() as redis_url:
         if "latency" not in args.skip:
-            asyncio.run(decision_latency(args, redis_url))
+            uvloop.run(decision_latency(args, redis_url))  # the event loop `kvgate serve` runs on
         if "throughput" not in args.skip:
             sim_args = [
                 "--time-scale",
