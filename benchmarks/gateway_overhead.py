@@ -6,7 +6,13 @@ chat requests at a fixed rate from this process. Requests alternate, one by one,
 directly (round robin) and the gateway, so both paths see the same moment of the same machine. TTFT is
 the arrival of the first SSE event. Bounded in time; prints percentiles and their differences.
 
+With `--floor`, a third path takes its turn: a pass-through proxy on the same HTTP stack as the gateway
+(`benchmarks/passthrough_proxy.py`: uvicorn in, aiohttp out, nothing else), so the hop's own cost on
+this machine and what kvgate's work adds on top of it are told apart in the same run. The total rate is
+then 1.5 times `--rate`, so the gateway still gets half of `--rate`.
+
     python benchmarks/gateway_overhead.py                 # 200 requests/s for 60 s, 4 replicas
+    python benchmarks/gateway_overhead.py --floor         # and the pass-through proxy beside them
 """
 
 from __future__ import annotations
@@ -15,16 +21,20 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 
 import aiohttp
+import httpx
 import orjson
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadtest.process import GatewayProcess
+from benchmarks.fleet_runs import free_port
+from loadtest.process import GatewayProcess, stop_process
 from loadtest.sim import SimProcess
 
 MODEL = "sim-llama3-8b"
@@ -55,9 +65,11 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes) -> 
     return first, time.perf_counter() - started
 
 
-async def drive(direct: list[str], gateway: str, rate: float, seconds: float, warmup: float, tokens: int):
-    results: dict[str, list[tuple[float, float]]] = {"direct": [], "gateway": []}
-    failures = {"direct": 0, "gateway": 0}
+async def drive(paths: dict[str, list[str]], rate: float, seconds: float, warmup: float, tokens: int):
+    """Requests take the paths in turn, each path's URLs round robin; per path, (TTFT, e2e) and failures."""
+    names = list(paths)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    failures = dict.fromkeys(names, 0)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         tasks: set[asyncio.Task] = set()
@@ -68,10 +80,10 @@ async def drive(direct: list[str], gateway: str, rate: float, seconds: float, wa
             due = start + sent / rate
             if due > now:
                 await asyncio.sleep(due - now)
-            path = "gateway" if sent % 2 else "direct"
-            url = gateway if path == "gateway" else direct[(sent // 2) % len(direct)]
-            conversation = sent // 2 % 64
-            body = orjson.dumps({"model": MODEL, "messages": prompt(conversation, sent // 128 % 8),
+            turn = sent // len(names)
+            path = names[sent % len(names)]
+            url = paths[path][turn % len(paths[path])]
+            body = orjson.dumps({"model": MODEL, "messages": prompt(turn % 64, turn // 64 % 8),
                                  "max_tokens": tokens, "stream": True})  # fmt: skip
             record = time.perf_counter() >= recording_from
 
@@ -94,6 +106,29 @@ async def drive(direct: list[str], gateway: str, rate: float, seconds: float, wa
     return results, failures
 
 
+@contextmanager
+def passthrough_proxy(upstreams: list[str]):
+    """benchmarks/passthrough_proxy.py in its own process; yields its URL once it accepts requests."""
+    port = free_port()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "passthrough_proxy.py")
+    process = subprocess.Popen([sys.executable, script, str(port), ",".join(upstreams)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the pass-through proxy did not start")
+            time.sleep(0.1)
+        yield process, url
+    finally:
+        stop_process(process)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,26 +140,29 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--time-scale", type=float, default=1000.0)
     parser.add_argument("--policy", default="affinity")
+    parser.add_argument("--floor", action="store_true", help="also the pass-through proxy, as a third path")
     args = parser.parse_args()
 
     sim_args = ["--time-scale", str(args.time_scale), "--max-model-len", "16384", "--hbm-blocks", "20000"]
-    with SimProcess(replicas=args.replicas, extra_args=sim_args) as sim:
+    with SimProcess(replicas=args.replicas, extra_args=sim_args) as sim, ExitStack() as stack:
         gateway_args = ["--replicas", ",".join(sim.urls), "--policy", args.policy, "--log-level", "warning"]
-        with GatewayProcess(extra_args=gateway_args) as gateway:
-            processes = {"sim": psutil.Process(sim.pid), "gateway": psutil.Process(gateway.pid),
-                         "client": psutil.Process()}  # fmt: skip
-            before = {name: p.cpu_times() for name, p in processes.items()}
-            wall = time.perf_counter()
-            results, failures = asyncio.run(
-                drive(sim.urls, gateway.url, args.rate, args.seconds, args.warmup, args.max_tokens)
-            )
-            wall = time.perf_counter() - wall
-            cpu = {
-                name: (sum(p.cpu_times()[:2]) - sum(before[name][:2])) / wall for name, p in processes.items()
-            }
+        gateway = stack.enter_context(GatewayProcess(extra_args=gateway_args))
+        paths = {"direct": sim.urls, "gateway": [gateway.url]}
+        processes = {"sim": psutil.Process(sim.pid), "gateway": psutil.Process(gateway.pid)}
+        if args.floor:
+            proxy, proxy_url = stack.enter_context(passthrough_proxy(sim.urls))
+            paths = {"direct": sim.urls, "floor": [proxy_url], "gateway": [gateway.url]}
+            processes["floor"] = psutil.Process(proxy.pid)
+        processes["client"] = psutil.Process()
+        rate = args.rate * len(paths) / 2
+        before = {name: p.cpu_times() for name, p in processes.items()}
+        wall = time.perf_counter()
+        results, failures = asyncio.run(drive(paths, rate, args.seconds, args.warmup, args.max_tokens))
+        wall = time.perf_counter() - wall
+        cpu = {name: (sum(p.cpu_times()[:2]) - sum(before[name][:2])) / wall for name, p in processes.items()}
 
     print(
-        f"gateway overhead: {args.rate:g} streamed requests/s for {args.seconds:g} s"
+        f"gateway overhead: {rate:g} streamed requests/s for {args.seconds:g} s"
         f" (+{args.warmup:g} s warm-up), {args.replicas} simulated replicas"
         f" at time scale {args.time_scale:g}, {args.max_tokens} tokens each, policy {args.policy}"
     )
@@ -139,7 +177,7 @@ def main() -> int:
     )
     print(" " * 10 + "".join(f"{name:>{width}}" for name, width in columns))
     rows = {}
-    for path in ("direct", "gateway"):
+    for path in paths:
         ttft = [r[0] * 1e3 for r in results[path]]
         e2e = [r[1] * 1e3 for r in results[path]]
         rows[path] = {q: percentile(ttft, q) for q in (0.5, 0.9, 0.99)}
@@ -147,11 +185,18 @@ def main() -> int:
         row = rows[path]
         print(f"{path:10}{len(ttft):>10}{failures[path]:>8}{row[0.5]:>10.2f}ms{row[0.9]:>8.2f}ms{row[0.99]:>8.2f}ms"
               f"{row['e2e50']:>9.2f}ms{row['e2e99']:>8.2f}ms")  # fmt: skip
-    added = {q: rows["gateway"][q] - rows["direct"][q] for q in (0.5, 0.9, 0.99)}
-    print(f"{'added':10}{'':18}{added[0.5]:>+10.2f}ms{added[0.9]:>+8.2f}ms{added[0.99]:>+8.2f}ms")
+
+    def difference(label: str, path: str, baseline: str) -> None:
+        added = {q: rows[path][q] - rows[baseline][q] for q in (0.5, 0.9, 0.99)}
+        print(f"{label:28}{added[0.5]:>+10.2f}ms{added[0.9]:>+8.2f}ms{added[0.99]:>+8.2f}ms")
+
+    difference("added (gateway - direct)", "gateway", "direct")
+    if args.floor:
+        difference("the hop (floor - direct)", "floor", "direct")
+        difference("kvgate's work (gw - floor)", "gateway", "floor")
     print("CPU share of one core: " + ", ".join(f"{name} {share:.0%}" for name, share in cpu.items()))
-    print(f"direct mean TTFT {statistics.fmean(r[0] for r in results['direct']) * 1e3:.2f} ms, "
-          f"gateway mean TTFT {statistics.fmean(r[0] for r in results['gateway']) * 1e3:.2f} ms")  # fmt: skip
+    means = {path: statistics.fmean(r[0] for r in results[path]) * 1e3 for path in paths}
+    print("mean TTFT: " + ", ".join(f"{path} {mean:.2f} ms" for path, mean in means.items()))
     return 0 if not any(failures.values()) else 1
 
 
