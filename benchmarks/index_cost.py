@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.fleet_runs import redis_server
+from gateway.blocks import ByteBlockHasher
 from gateway.config import load_config
 from gateway.index.redis_store import RedisPrefixStore
 from gateway.request import parse_request
@@ -56,31 +57,58 @@ def chat(conversation: int, tokens: int) -> dict:
                                          {"role": "user", "content": words}]}  # fmt: skip
 
 
-def service(backend: str, replicas: int, redis_url: str) -> GatewayService:
+CONVERSATIONS = 50
+"""Conversations the next-turn case cycles through: each comes back one turn longer every 50 calls."""
+
+
+def unseen(base: dict, call: int) -> dict:
+    """The probe conversation with a question of its own at the end: a prompt no call hashed before."""
+    question = {"role": "user", "content": f"question {call}: " + "why does it fail " * 16}
+    return base | {"messages": [*base["messages"], question]}
+
+
+def next_turn(base: dict, conversation: int, turn: int) -> dict:
+    """Conversation `conversation` of the probe at `turn`: each turn adds an answer and a tool result."""
+    messages = list(base["messages"])
+    for step in range(turn + 1):
+        messages.append({"role": "assistant", "content": f"c{conversation} step {step}: " + "reading " * 16})
+        messages.append({"role": "tool", "tool_call_id": f"{step}", "content": "line of output " * 24})
+    return base | {"messages": messages}
+
+
+def service(backend: str, replicas: int, redis_url: str, memo: bool = True) -> GatewayService:
     urls = [{"url": f"http://127.0.0.1:{20000 + i}", "models": [MODEL]} for i in range(replicas)]
     overrides = {"replicas": urls, "index.backend": backend, "index.redis.url": redis_url}
+    if not memo:
+        overrides["routing.hash_memo_blocks"] = 0
     return GatewayService(load_config(overrides=overrides, environ={}))
 
 
 async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
     services = {backend: service(backend, args.replicas, redis_url) for backend in ("embedded", "redis")}
+    services["redis, no memo"] = service("redis", args.replicas, redis_url, memo=False)
     probe = orjson.dumps(chat(0, args.prompt_tokens))
-    # every replica holds a different share of the probe's chain, and some other conversations
+    # every replica holds a different share of the probe's chain, and some other conversations, as if
+    # another gateway had routed them: hashed apart, so that no gateway's chain memo knows them
+    hasher = ByteBlockHasher()
     for gateway in services.values():
         names = [replica.name for replica in gateway.replicas]
-        hashes = (await gateway.hasher.blocks(parse_request("chat", probe), MODEL)).hashes
+        hashes = (await hasher.blocks(parse_request("chat", probe), MODEL)).hashes
         for i, name in enumerate(names):
             for other in range(args.other_prompts):
                 body = orjson.dumps(chat(1 + i * args.other_prompts + other, args.prompt_tokens // 4))
-                other_hashes = (await gateway.hasher.blocks(parse_request("chat", body), MODEL)).hashes
+                other_hashes = (await hasher.blocks(parse_request("chat", body), MODEL)).hashes
                 await gateway.index.record(MODEL, name, other_hashes)
             await gateway.index.record(MODEL, name, hashes[: len(hashes) * (i + 1) // (len(names) + 1)])
         flush = getattr(gateway.index, "flush", None)
         if flush is not None:
             await flush(timeout_s=30.0)
     blocks = len(hashes)
-    times: dict[str, list[float]] = {backend: [] for backend in services}
-    lookups: dict[str, list[float]] = {backend: [] for backend in services}
+    base = orjson.loads(probe)
+    cases = ("unseen", "next turn")
+    rows = [(backend, case) for backend in services for case in cases]
+    times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    lookups: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
     pings: list[float] = []
     ping = Redis.from_url(redis_url)
     for iteration in range(args.warmup + args.decisions):
@@ -88,31 +116,47 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
         await ping.ping()
         if iteration >= args.warmup:
             pings.append((time.perf_counter() - started) * 1e3)
+        bodies = {
+            "unseen": orjson.dumps(unseen(base, iteration)),
+            "next turn": orjson.dumps(next_turn(base, iteration % CONVERSATIONS, iteration // CONVERSATIONS)),
+        }
         for backend, gateway in services.items():
-            request = parse_request("chat", probe)
-            started = time.perf_counter()
-            decision = await gateway.router.route(request, MODEL)
-            elapsed = time.perf_counter() - started
-            names = [replica.name for replica in gateway.replicas]
-            started = time.perf_counter()
-            await gateway.index.match(MODEL, decision.blocks.hashes, names)
-            lookup = time.perf_counter() - started
-            if iteration >= args.warmup:
-                times[backend].append(elapsed * 1e3)
-                lookups[backend].append(lookup * 1e3)
-        assert decision.ranking.reason == "affinity", decision.ranking.reason
+            for case, body in bodies.items():
+                request = parse_request("chat", body)
+                started = time.perf_counter()
+                decision = await gateway.router.route(request, MODEL)
+                elapsed = time.perf_counter() - started
+                names = [replica.name for replica in gateway.replicas]
+                started = time.perf_counter()
+                await gateway.index.match(MODEL, decision.blocks.hashes, names)
+                lookup = time.perf_counter() - started
+                if iteration >= args.warmup:
+                    times[backend, case].append(elapsed * 1e3)
+                    lookups[backend, case].append(lookup * 1e3)
+                assert decision.ranking.reason == "affinity", decision.ranking.reason
     print(f"\n1. routing decision (Router.route), {args.prompt_tokens}-token chat prompt = {blocks} blocks, "
-          f"{args.replicas} replicas, {args.decisions} calls each, alternating")  # fmt: skip
-    print(f"{'':10}{'route p50':>11}{'p99':>9}{'max':>9}{'  index lookup p50':>19}{'p99':>9}")
-    for backend in services:
-        t, m = times[backend], lookups[backend]
-        print(f"{backend:10}{percentile(t, 0.5):>9.3f}ms{percentile(t, 0.99):>7.3f}ms{max(t):>7.3f}ms"
+          f"{args.replicas} replicas, {args.decisions} calls each, alternating;\n   unseen: a prompt this "
+          "gateway has not hashed before, its prefix in the index (routed by another gateway); next turn: "
+          f"one turn more of a conversation this gateway routed {CONVERSATIONS} calls earlier")  # fmt: skip
+    print(f"{'':30}{'route p50':>11}{'p99':>9}{'max':>9}{'  index lookup p50':>19}{'p99':>9}")
+    for backend, case in rows:
+        t, m = times[backend, case], lookups[backend, case]
+        label = f"{backend}, {case}"
+        print(f"{label:30}{percentile(t, 0.5):>9.3f}ms{percentile(t, 0.99):>7.3f}ms{max(t):>7.3f}ms"
               f"{percentile(m, 0.5):>17.3f}ms{percentile(m, 0.99):>7.3f}ms")  # fmt: skip
-    print(f"{'PING':10}{'':29}{percentile(pings, 0.5):>17.3f}ms{percentile(pings, 0.99):>7.3f}ms"
+    print(f"{'PING':30}{'':29}{percentile(pings, 0.5):>17.3f}ms{percentile(pings, 0.99):>7.3f}ms"
           "  (one bare round trip: this machine's floor)")  # fmt: skip
     await ping.aclose()
-    added = {q: percentile(times["redis"], q) - percentile(times["embedded"], q) for q in (0.5, 0.99)}
-    print(f"redis - embedded: p50 {added[0.5]:+.3f} ms, p99 {added[0.99]:+.3f} ms")
+    for case in cases:
+        added = {
+            q: percentile(times["redis", case], q) - percentile(times["embedded", case], q)
+            for q in (0.5, 0.99)
+        }
+        print(f"redis - embedded, {case}: p50 {added[0.5]:+.3f} ms, p99 {added[0.99]:+.3f} ms")
+    for case in cases:
+        saved = {q: percentile(times["redis, no memo", case], q) - percentile(times["redis", case], q)
+                 for q in (0.5, 0.99)}  # fmt: skip
+        print(f"the chain memo saves, {case}: p50 {saved[0.5]:.3f} ms, p99 {saved[0.99]:.3f} ms")
     for gateway in services.values():
         await gateway.index.close()
 
@@ -197,7 +241,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=32768)
     parser.add_argument("--other-prompts", type=int, default=8, help="other conversations per replica")
     parser.add_argument("--decisions", type=int, default=1000)
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=CONVERSATIONS, help=f"at least {CONVERSATIONS}")
     parser.add_argument("--concurrency", type=int, default=16, help="streams per gateway")
     parser.add_argument("--throughput-prompt-tokens", type=int, default=4096)
     parser.add_argument("--windows", type=int, default=5)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import xxhash
 
+from gateway.chain_memo import ChainMemo, boundary_keys
 from gateway.chat_template import ChatRenderer
 from gateway.request import InferenceRequest, completion_prompt
 from gateway.tokenizer import Tokenizer, token_bytes
@@ -51,37 +52,51 @@ def chain_seed(model: str, cache_salt: str | None, tenant: str) -> int:
     return _hash(f"{model}\0{cache_salt or ''}\0{tenant}".encode())
 
 
-def chain_hashes(data: bytes, block_size: int, seed: int, max_blocks: int) -> list[int]:
-    """xxh3-64 of each full `block_size`-byte block, chained through the seed argument."""
+def chain_hashes(
+    data: bytes, block_size: int, seed: int, max_blocks: int, leading: list[int] | None = None
+) -> list[int]:
+    """xxh3-64 of each full `block_size`-byte block, chained through the seed argument. `leading`, the
+    chain of the first blocks when already known, is extended in place from where it ends."""
     view = memoryview(data)
     end = min(len(data) // block_size, max_blocks) * block_size
-    hashes: list[int] = []
+    hashes = leading if leading is not None else []
     append = hashes.append
-    parent = seed
-    for start in range(0, end, block_size):
+    parent = hashes[-1] if hashes else seed
+    for start in range(len(hashes) * block_size, end, block_size):
         parent = _hash(view[start : start + block_size], parent)
         append(parent)
     return hashes
 
 
 class ByteBlockHasher:
-    """The default, tokenizer-free unit: fixed-size byte blocks of the canonical prompt."""
+    """The default, tokenizer-free unit: fixed-size byte blocks of the canonical prompt. With a memo
+    (`memo_blocks` > 0), a chat prompt that extends one hashed recently hashes only its new blocks."""
 
-    def __init__(self, block_bytes: int = 64, max_blocks: int = 8192) -> None:
+    def __init__(self, block_bytes: int = 64, max_blocks: int = 8192, memo_blocks: int = 0) -> None:
         if block_bytes <= 0 or max_blocks <= 0:
             raise ValueError("block_bytes and max_blocks must be positive")
         self.block_bytes = block_bytes
         self.max_blocks = max_blocks
         self.tokens_per_block = block_bytes / BYTES_PER_TOKEN_ESTIMATE
+        self.memo = ChainMemo(memo_blocks) if memo_blocks > 0 else None
 
     async def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks:
         data = request.prompt_bytes()
         seed = chain_seed(model, request.cache_salt, request.tenant)
         return PromptBlocks(
-            hashes=chain_hashes(data, self.block_bytes, seed, self.max_blocks),
+            hashes=self._chain(data, request.prompt_boundaries(), seed),
             tokens_per_block=self.tokens_per_block,
             prompt_tokens=max(1, round(len(data) / BYTES_PER_TOKEN_ESTIMATE)),
         )
+
+    def _chain(self, data: bytes, boundaries: list[int], seed: int) -> list[int]:
+        memo, size = self.memo, self.block_bytes
+        if memo is None or not boundaries:
+            return chain_hashes(data, size, seed, self.max_blocks)
+        keys = boundary_keys(data, boundaries, seed)
+        hashes = chain_hashes(data, size, seed, self.max_blocks, memo.longest(keys))
+        memo.store(keys[-1], hashes[: boundaries[-1] // size])
+        return hashes
 
 
 class TokenBlockHasher:

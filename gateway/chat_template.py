@@ -84,19 +84,27 @@ def render_message(message: Mapping[str, Any]) -> str:
     return f"{IM_START}{role}\n{text}{IM_END}\n"
 
 
+def render_chat_parts(messages: Iterable[Mapping[str, Any]], tools: list[Any] | None = None) -> list[str]:
+    """The rendering of a chat request's `tools` and each of its `messages`, without the generation
+    prompt: a conversation's next turn starts with the same parts."""
+    parts: list[str] = []
+    if tools:
+        parts.append(f"{IM_START}system\n# Tools\n{_json(tools)}{IM_END}\n")
+    parts.extend(render_message(message) for message in messages)
+    return parts
+
+
+GENERATION_PROMPT = f"{IM_START}assistant\n"
+
+
 def render_chat(
     messages: Iterable[Mapping[str, Any]],
     tools: list[Any] | None = None,
     add_generation_prompt: bool = True,
 ) -> str:
     """Render a chat request's `tools` and `messages` as one prompt string."""
-    parts: list[str] = []
-    if tools:
-        parts.append(f"{IM_START}system\n# Tools\n{_json(tools)}{IM_END}\n")
-    parts.extend(render_message(message) for message in messages)
-    if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
-    return "".join(parts)
+    text = "".join(render_chat_parts(messages, tools))
+    return text + GENERATION_PROMPT if add_generation_prompt else text
 
 
 ChatRenderer = Callable[[list[Any], list[Any] | None], str]

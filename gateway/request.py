@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.chat_template import render_chat
+from gateway.chat_template import GENERATION_PROMPT, render_chat_parts
 from gateway.errors import APIError, bad_request
 from gateway.tokenizer import token_bytes
 
@@ -35,6 +35,7 @@ class InferenceRequest:
     max_output_tokens: int | None
     tenant: str = ""
     _prompt: bytes | None = field(default=None, repr=False)
+    _boundaries: list[int] = field(default_factory=list, repr=False)
 
     def prompt_bytes(self) -> bytes:
         """The prompt as the engine will see it: ChatML text for chat, the text or token ids otherwise.
@@ -42,8 +43,14 @@ class InferenceRequest:
         Token-id prompts become 4 bytes per token, so 64 bytes are 16 tokens whichever way a prompt came.
         """
         if self._prompt is None:
-            self._prompt = _render_prompt(self.kind, self.body)
+            self._prompt, self._boundaries = _render_prompt(self.kind, self.body)
         return self._prompt
+
+    def prompt_boundaries(self) -> list[int]:
+        """Where in `prompt_bytes()` each rendered message of a chat request ends (the tool schema counts
+        as one): the offsets at which a conversation's next turn can start to differ; empty for others."""
+        self.prompt_bytes()
+        return self._boundaries
 
     def upstream_body(self) -> bytes:
         """The body to send to the replica: the client's, plus `include_usage` on streams.
@@ -67,13 +74,22 @@ def completion_prompt(body: dict[str, Any]) -> str | list[int]:
     return prompt
 
 
-def _render_prompt(kind: Kind, body: dict[str, Any]) -> bytes:
+def _render_prompt(kind: Kind, body: dict[str, Any]) -> tuple[bytes, list[int]]:
     if kind == "chat":
-        return render_chat(body["messages"], body.get("tools")).encode()
+        parts = [part.encode() for part in render_chat_parts(body["messages"], body.get("tools"))]
+        boundaries = []
+        end = 0
+        for part in parts:
+            end += len(part)
+            boundaries.append(end)
+        return b"".join(parts) + _GENERATION_PROMPT, boundaries
     prompt = completion_prompt(body)
     if isinstance(prompt, str):
-        return prompt.encode()
-    return token_bytes(prompt)
+        return prompt.encode(), []
+    return token_bytes(prompt), []
+
+
+_GENERATION_PROMPT = GENERATION_PROMPT.encode()
 
 
 def _optional(body: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:

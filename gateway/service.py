@@ -67,7 +67,9 @@ class GatewayService:
             self.feeds = EventFeeds(precise_index, self.metrics.registry)
             self.index = precise_index
         else:
-            self.hasher = ByteBlockHasher(config.routing.block_bytes, config.routing.max_blocks)
+            self.hasher = ByteBlockHasher(
+                config.routing.block_bytes, config.routing.max_blocks, config.routing.hash_memo_blocks
+            )
             self.index = self._approximate_index()
         for replica in self.replicas:
             self.index.set_capacity(replica.name, self._capacity(replica.name, None))
