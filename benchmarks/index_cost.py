@@ -2,8 +2,10 @@
 
 1. Routing decision, in process: `Router.route` (render the prompt, hash its blocks, look the chain up
    in the index for every replica, rank them with the affinity policy), the call the gateway makes for
-   every request, for a 32k-token chat prompt over 8 replicas that each hold part of it. Two gateway
-   services, one per index, built from the same configuration; calls alternate between them.
+   every request, for a 32k-token chat prompt over 8 replicas that each hold part of it. Three gateway
+   services built from the same configuration: embedded, Redis, and Redis without the chain memo. Two
+   kinds of prompt: one the gateway has not hashed before, and a conversation's next turn (the memo's
+   case). Calls rotate through every service and kind.
 2. Throughput: two gateway processes (`kvgate serve`, one per index) in front of the same simulated
    replicas at a high time scale, each driven by its own closed loop of streamed requests from this
    process, both at once so that they share the same moment of the machine; requests/s per window,
@@ -120,20 +122,21 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
             "unseen": orjson.dumps(unseen(base, iteration)),
             "next turn": orjson.dumps(next_turn(base, iteration % CONVERSATIONS, iteration // CONVERSATIONS)),
         }
-        for backend, gateway in services.items():
-            for case, body in bodies.items():
-                request = parse_request("chat", body)
-                started = time.perf_counter()
-                decision = await gateway.router.route(request, MODEL)
-                elapsed = time.perf_counter() - started
-                names = [replica.name for replica in gateway.replicas]
-                started = time.perf_counter()
-                await gateway.index.match(MODEL, decision.blocks.hashes, names)
-                lookup = time.perf_counter() - started
-                if iteration >= args.warmup:
-                    times[backend, case].append(elapsed * 1e3)
-                    lookups[backend, case].append(lookup * 1e3)
-                assert decision.ranking.reason == "affinity", decision.ranking.reason
+        shift = iteration % len(rows)  # each row takes each place in the order in turn
+        for backend, case in rows[shift:] + rows[:shift]:
+            gateway, body = services[backend], bodies[case]
+            request = parse_request("chat", body)
+            started = time.perf_counter()
+            decision = await gateway.router.route(request, MODEL)
+            elapsed = time.perf_counter() - started
+            names = [replica.name for replica in gateway.replicas]
+            started = time.perf_counter()
+            await gateway.index.match(MODEL, decision.blocks.hashes, names)
+            lookup = time.perf_counter() - started
+            if iteration >= args.warmup:
+                times[backend, case].append(elapsed * 1e3)
+                lookups[backend, case].append(lookup * 1e3)
+            assert decision.ranking.reason == "affinity", decision.ranking.reason
     print(f"\n1. routing decision (Router.route), {args.prompt_tokens}-token chat prompt = {blocks} blocks, "
           f"{args.replicas} replicas, {args.decisions} calls each, alternating;\n   unseen: a prompt this "
           "gateway has not hashed before, its prefix in the index (routed by another gateway); next turn: "

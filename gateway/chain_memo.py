@@ -61,13 +61,14 @@ class ChainMemo:
                 return list(chain)
         return []
 
-    def store(self, key: MemoKey, chain: Sequence[int]) -> None:
+    def store(self, key: MemoKey, chain: list[int]) -> None:
+        """Keep `chain` (the list itself: the caller must not change it) as the prompt's up to `key`."""
         if key in self._chains:
             self._chains.move_to_end(key)
             return
         if not chain or len(chain) > self.max_blocks:
             return
-        self._chains[key] = list(chain)
+        self._chains[key] = chain
         self.blocks += len(chain)
         while self.blocks > self.max_blocks:
             _, evicted = self._chains.popitem(last=False)
