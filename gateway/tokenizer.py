@@ -25,6 +25,10 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode` as a uint32 array: what the gateway's token-block hashing reads."""
+        ...
+
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def count(self, text: str) -> int: ...
@@ -58,6 +62,9 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=np.uint32)
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
