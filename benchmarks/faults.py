@@ -25,10 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from loadtest.faults import GatewayGauges, ProcessSampler, RequestRecord, StreamLoad, tally
 from loadtest.faults.kv_relay import KINDS, KvEventRelay
 from loadtest.process import GatewayProcess
+from loadtest.redis_process import RedisProcess
 from loadtest.sim import SimProcess
 from loadtest.sim.fleet import free_port_range
 
@@ -279,41 +277,17 @@ async def slow(args: argparse.Namespace) -> Report:
 # ---------------------------------------------------------------------------------------------- redis
 
 
-class RedisServer:
-    def __init__(self, directory: str, port: int) -> None:
-        self.directory, self.port = directory, port
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        command = [binary, "--bind", "127.0.0.1", "--port", str(self.port),
-                   "--save", "", "--appendonly", "no", "--dir", self.directory]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.02)
-        raise TimeoutError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait()
-
-
 async def redis(args: argparse.Namespace) -> Report:
     """The shared index's Redis goes away for 30 s under load (killed, or frozen by SIGSTOP)."""
     report = Report(f"Redis index down for 30 s ({args.redis_fault})")
     phases = {"before": 20.0, "during": 30.0, "after": 20.0}
     with tempfile.TemporaryDirectory(prefix="kvgate-redis-") as directory:
-        server = RedisServer(directory, free_port_range(1))
+        server = RedisProcess(Path(directory))
         await asyncio.to_thread(server.start)
         sim = SimProcess(replicas=3, extra_args=["--time-scale", "2", *SIM_ARGS])
         try:
             async with sim:
-                gateway = gateway_process(sim.urls, "--index", f"redis://127.0.0.1:{server.port}/0")
+                gateway = gateway_process(sim.urls, "--index", server.url)
                 async with gateway, aiohttp.ClientSession() as session:
                     load = StreamLoad(gateway.url, MODEL, concurrency=12, max_tokens=32, turns=10)
                     running = asyncio.create_task(load.run(sum(phases.values())))
@@ -343,6 +317,8 @@ async def redis(args: argparse.Namespace) -> Report:
                     marks["after"] = await gauges(session, gateway)
                     log = gateway.stderr_text()
         finally:
+            if server.process is not None:
+                server.process.send_signal(signal.SIGCONT)  # a frozen redis-server would sit on SIGTERM
             await asyncio.to_thread(server.stop)
     figures = load_figures(report, records)
     bounds = {"before": (started, down_at), "during": (down_at, back_at), "after": (back_at, float("inf"))}

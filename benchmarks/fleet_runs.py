@@ -1,5 +1,5 @@
-"""What the index benchmarks share: a real redis-server, several gateway processes, per-replica request
-counts, and the side-by-side table of swarm summaries."""
+"""What the index benchmarks share: several gateway processes, per-replica request counts, and the
+side-by-side table of swarm summaries."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ import glob
 import gzip
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,13 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadtest.process import GatewayProcess, stop_process
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from loadtest.process import GatewayProcess
 
 
 def conversations_within(directory: str, max_prompt_tokens: int) -> list[str]:
@@ -47,28 +36,6 @@ def conversations_within(directory: str, max_prompt_tokens: int) -> list[str]:
             if longest(json.load(file)["requests"]) <= max_prompt_tokens:
                 chosen.append(path)
     return chosen
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, no persistence; yields its URL."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="kvgate-redis-") as directory:
-        args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                "--dir", directory, "--logfile", os.path.join(directory, "redis.log")]  # fmt: skip
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                    break
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("redis-server did not start")
-                time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            stop_process(process)
 
 
 @contextlib.contextmanager

@@ -33,8 +33,7 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.fleet_runs import free_port
-from loadtest.process import GatewayProcess, stop_process
+from loadtest.process import GatewayProcess, free_port, stop_process
 from loadtest.sim import SimProcess
 
 MODEL = "sim-llama3-8b"

@@ -33,13 +33,13 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.fleet_runs import redis_server
 from gateway.blocks import ByteBlockHasher
 from gateway.config import load_config
 from gateway.index.redis_store import RedisPrefixStore
 from gateway.request import parse_request
 from gateway.service import GatewayService
 from loadtest.process import GatewayProcess
+from loadtest.redis_process import redis_server
 from loadtest.sim import SimProcess
 
 MODEL = "sim-llama3-8b"
@@ -255,9 +255,9 @@ def main() -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=("latency", "throughput", "memory"))
     args = parser.parse_args()
 
-    with redis_server() as redis_url:
+    with redis_server() as redis:
         if "latency" not in args.skip:
-            uvloop.run(decision_latency(args, redis_url))  # the event loop `kvgate serve` runs on
+            uvloop.run(decision_latency(args, redis.url))  # the event loop `kvgate serve` runs on
         if "throughput" not in args.skip:
             sim_args = [
                 "--time-scale",
@@ -271,11 +271,11 @@ def main() -> int:
                 common = ["--replicas", ",".join(sim.urls), "--log-level", "warning"]
                 with (
                     GatewayProcess(extra_args=common) as embedded,
-                    GatewayProcess(extra_args=[*common, "--index", redis_url]) as shared,
+                    GatewayProcess(extra_args=[*common, "--index", redis.url]) as shared,
                 ):
                     asyncio.run(throughput(args, {"embedded": embedded.url, "redis": shared.url}))
         if "memory" not in args.skip:
-            asyncio.run(memory_per_entry(args, redis_url))
+            asyncio.run(memory_per_entry(args, redis.url))
     return 0
 
 

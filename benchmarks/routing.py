@@ -36,7 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fleet_runs import conversations_within, free_port, gateway_counters
+from benchmarks.fleet_runs import conversations_within, gateway_counters
 from loadtest.experiment import (
     BOUNDED_FLEET,
     MAX_MODEL_LEN,
@@ -46,7 +46,7 @@ from loadtest.experiment import (
     pooled_oracle,
     run_contender,
 )
-from loadtest.process import stop_process
+from loadtest.process import free_port, stop_process
 from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
 
 REPO = Path(__file__).resolve().parents[1]

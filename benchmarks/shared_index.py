@@ -38,11 +38,11 @@ from benchmarks.fleet_runs import (
     medians,
     print_decisions,
     print_table,
-    redis_server,
     run_rounds,
 )
 from loadtest.experiment import busiest_share, fleet_figures
 from loadtest.process import GatewayProcess
+from loadtest.redis_process import redis_server
 from loadtest.sim import SimProcess
 from loadtest.swarm import SwarmConfig, run_swarm
 
@@ -60,8 +60,8 @@ def contender(
             yield processes
     elif label == CONTENDERS[1]:
         with (
-            redis_server() as redis_url,
-            gateways(count, replica_urls, [*scrape, "--index", redis_url]) as processes,
+            redis_server() as redis,
+            gateways(count, replica_urls, [*scrape, "--index", redis.url]) as processes,
         ):
             yield processes
     else:

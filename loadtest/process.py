@@ -1,14 +1,17 @@
 """`python -m gateway <command>` in a subprocess, started and stopped for tests, benchmarks and the demo.
 
 `start()` returns once every URL it should serve answers its health path (or raises with what the
-process wrote to stderr); `stop()` sends SIGINT, then SIGKILL after a timeout.
+process wrote to stderr); `stop()` sends SIGINT, then SIGKILL after a timeout. The helpers any
+throwaway server needs live here too: a free loopback port, waiting for it to listen, stopping a child.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +22,25 @@ from types import TracebackType
 import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0, process: subprocess.Popen | None = None) -> None:
+    """Return once 127.0.0.1:`port` accepts connections; give up at once if `process` (the server) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before listening on {port}")
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
@@ -133,9 +155,7 @@ class GatewayProcess(KvgateProcess):
     """`kvgate serve` on `port` (a free one when None); ready when `/ready` answers 200."""
 
     def __init__(self, port: int | None = None, extra_args: Sequence[str] = (), **kwargs) -> None:
-        from loadtest.sim.fleet import free_port_range
-
-        self.port = port or free_port_range(1)
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), *extra_args]
         super().__init__(args, [self.url + "/ready"], **kwargs)

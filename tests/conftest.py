@@ -2,7 +2,8 @@ import subprocess
 
 import pytest
 
-from tests.redis_servers import REDIS_CLI, RedisProcess, redis_server
+from loadtest.redis_process import RedisProcess, redis_server
+from tests.redis_servers import REDIS_CLI
 
 
 @pytest.fixture(scope="session")

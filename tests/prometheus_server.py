@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
-from loadtest.process import stop_process
-from tests.redis_servers import free_port
+from loadtest.process import free_port, stop_process
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 

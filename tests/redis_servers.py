@@ -1,4 +1,6 @@
-"""Real redis-server processes for tests: plain, with a password, with TLS, under Sentinel, as a Cluster."""
+"""Real redis-server processes for tests: plain, with a password, with TLS, under Sentinel, as a Cluster.
+
+The plain process is the load-test helpers' `RedisProcess`; this module adds the setups around it."""
 
 from __future__ import annotations
 
@@ -8,19 +10,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.process import stop_process
+from loadtest.process import free_port, stop_process, wait_for_port
+from loadtest.redis_process import REDIS_SERVER, RedisProcess, redis_server
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def free_cluster_port() -> int:
@@ -36,61 +31,6 @@ def free_cluster_port() -> int:
                 continue
         return port
     raise RuntimeError("no free port pair for a Redis Cluster node")
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-@dataclass
-class RedisProcess:
-    directory: Path
-    port: int
-    extra: list[str] = field(default_factory=list)
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisProcess:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        args = [
-            *(
-                REDIS_SERVER,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ),
-            *("--dir", str(self.directory), "--logfile", str(self.directory / "redis.log"), *self.extra),
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        if self.process:
-            stop_process(self.process, timeout=5)
-        self.process = None
-
-
-@contextlib.contextmanager
-def redis_server(directory: Path, *extra: str, port: int | None = None) -> Iterator[RedisProcess]:
-    server = RedisProcess(directory, port or free_port(), list(extra)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def make_tls_files(directory: Path) -> dict[str, Path]:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from gateway.tokenizer import load_tokenizer
-from loadtest.process import KvgateProcess
+from loadtest.process import KvgateProcess, free_port
 from loadtest.sim.clock import SimClock
 from loadtest.sim.config import SimConfig
 from loadtest.sim.replica import Replica
@@ -109,9 +109,7 @@ def _offset(base: int | None, index: int) -> int | None:
 def free_port_range(count: int, host: str = "127.0.0.1", attempts: int = 50) -> int:
     """A base port such that base .. base+count-1 are free right now."""
     for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            base = probe.getsockname()[1]
+        base = free_port(host)
         if base + count > 65535:
             continue
         sockets: list[socket.socket] = []

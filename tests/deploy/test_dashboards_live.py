@@ -24,12 +24,12 @@ import httpx
 import pytest
 import yaml
 
+from loadtest.process import free_port, wait_for_port
 from loadtest.sim.fleet import SimProcess, free_port_range
 from scripts.render_dashboards import DASHBOARDS
 from tests.discovery.kube_objects import NAMESPACE, SERVICE, endpoint_slice
 from tests.kube_api_server import LocalKubeAPIServer, write_kubeconfig
 from tests.prometheus_server import finite_values, prometheus
-from tests.redis_servers import free_port, wait_for_port
 
 # The load generator comes from the swarm branch: until it is on main there is no load to measure.
 pytest.importorskip("loadtest.swarm.cli", reason="kvgate swarm is not on this branch yet")

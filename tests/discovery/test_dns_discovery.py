@@ -18,7 +18,7 @@ from gateway.discovery import make_discovery
 from gateway.discovery.dns import DnsDiscovery, resolve_all
 from gateway.discovery.kubernetes import KubernetesDiscovery
 from gateway.service import GatewayService
-from tests.redis_servers import free_port
+from loadtest.process import free_port
 from tests.waiting import eventually
 
 

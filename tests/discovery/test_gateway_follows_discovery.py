@@ -20,9 +20,9 @@ import pytest
 
 from gateway.config import DiscoveryConfig, GatewayConfig
 from gateway.service import GatewayService
+from loadtest.process import free_port, wait_for_port
 from tests.discovery.kube_objects import NAMESPACE, SERVICE, endpoint_slice
 from tests.kube_api_server import LocalKubeAPIServer, write_kubeconfig
-from tests.redis_servers import free_port, wait_for_port
 from tests.waiting import eventually
 
 

@@ -21,7 +21,7 @@ from gateway.kv_events.subscriber import EventStream
 from gateway.profiles import Tier
 from gateway.request import parse_request
 from gateway.tokenizer import ByteTokenizer
-from tests.redis_servers import free_port
+from loadtest.process import free_port
 
 BLOCK = 16
 

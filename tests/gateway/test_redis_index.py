@@ -10,7 +10,9 @@ from gateway.index.base import PrefixMatch, TierCapacity
 from gateway.index.redis_connect import make_redis_client
 from gateway.index.redis_store import RedisPrefixStore
 from gateway.index.shared import SharedIndex
-from tests.redis_servers import cluster_setup, free_port, make_tls_files, redis_server, sentinel_setup
+from loadtest.process import free_port
+from loadtest.redis_process import redis_server
+from tests.redis_servers import cluster_setup, make_tls_files, sentinel_setup
 
 CAPACITY = TierCapacity(hbm=640, dram=640)
 

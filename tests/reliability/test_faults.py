@@ -16,8 +16,8 @@ import zmq.asyncio
 from loadtest.faults import GatewayGauges, StreamLoad, tally
 from loadtest.faults.kv_relay import KINDS, KvEventRelay
 from loadtest.process import GatewayProcess
+from loadtest.redis_process import redis_server
 from loadtest.sim import SimProcess, free_port_range
-from tests.redis_servers import redis_server
 
 MODEL = "sim-llama3-8b"
 SIM_ARGS = ["--max-model-len", "16384", "--hbm-blocks", "3000"]
