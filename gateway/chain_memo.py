@@ -9,7 +9,8 @@ bytes, tens of microseconds for a whole 128 KB prompt). A new prompt's message b
 from its last backwards; the longest one found gives the leading blocks, and only the blocks after it
 are hashed. The result is exactly the chain that hashing the whole prompt gives.
 
-Bounded by the blocks it holds, least recently used first out. Chains are kept as lists of Python ints,
+Bounded by the blocks it holds, the least recently stored first out (a prompt sent again counts as
+stored again). Chains are kept as lists of Python ints,
 about 48 bytes per block: a compact `array('Q')` costs 8, but converting a 2,000-block chain to one
 and back took 70 and 60 us, a third of what the memo saves.
 """
