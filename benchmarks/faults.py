@@ -40,7 +40,7 @@ import zmq.asyncio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loadtest.faults import GatewayGauges, ProcessSampler, RequestRecord, StreamLoad, tally
-from loadtest.faults.kv_relay import KINDS, KvEventRelay
+from loadtest.faults.kv_relay import KvEventRelay, inject_until_done
 from loadtest.process import GatewayProcess
 from loadtest.redis_process import RedisProcess
 from loadtest.sim import SimProcess
@@ -377,11 +377,7 @@ async def kv_garbage(args: argparse.Namespace) -> Report:
                 load = StreamLoad(gateway.url, MODEL, concurrency=12, max_tokens=32, turns=10)
                 running = asyncio.create_task(load.run(seconds))
                 await asyncio.sleep(2.0)
-                turn = 0
-                while not running.done():
-                    await relays[turn % 3].inject(KINDS[turn % len(KINDS)])
-                    turn += 1
-                    await asyncio.sleep(0.05)
+                await inject_until_done(running, relays, 0.05)
                 records = await running
                 await asyncio.sleep(0.5)
                 final = await gauges(session, gateway)

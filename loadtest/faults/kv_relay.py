@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
+from collections.abc import Sequence
 
 import zmq
 import zmq.asyncio
@@ -90,3 +91,12 @@ class KvEventRelay:
                 await self._task
         self.sub.close(0)
         self.pub.close(0)
+
+
+async def inject_until_done(work: asyncio.Future, relays: Sequence[KvEventRelay], interval_s: float) -> None:
+    """Slip bad messages into the relays' streams, each kind and relay in turn, until `work` is done."""
+    turn = 0
+    while not work.done():
+        await relays[turn % len(relays)].inject(KINDS[turn % len(KINDS)])
+        turn += 1
+        await asyncio.sleep(interval_s)

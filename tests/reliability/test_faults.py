@@ -14,7 +14,7 @@ import aiohttp
 import zmq.asyncio
 
 from loadtest.faults import GatewayGauges, StreamLoad, tally
-from loadtest.faults.kv_relay import KINDS, KvEventRelay
+from loadtest.faults.kv_relay import KvEventRelay, inject_until_done
 from loadtest.process import GatewayProcess
 from loadtest.redis_process import redis_server
 from loadtest.sim import SimProcess, free_port_range
@@ -149,11 +149,7 @@ async def test_bad_kv_events_under_load_are_counted_and_lose_nothing(tmp_path):
             async with gateway("--config", str(config)) as gw:
                 running = asyncio.create_task(StreamLoad(gw.url, MODEL, concurrency=6, turns=8).run(8.0))
                 await asyncio.sleep(1.5)
-                turn = 0
-                while not running.done():
-                    await relays[turn % 2].inject(KINDS[turn % len(KINDS)])
-                    turn += 1
-                    await asyncio.sleep(0.02)
+                await inject_until_done(running, relays, 0.02)
                 figures = tally(await running)
                 await asyncio.sleep(0.3)
                 counted = (await read_gauges(gw.url)).by_label("kvgate_kv_events_total", "kind")
