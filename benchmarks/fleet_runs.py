@@ -10,7 +10,9 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from loadtest.experiment import busiest_share, fleet_figures
 from loadtest.process import GatewayProcess
+from loadtest.swarm import SwarmConfig, run_swarm
 
 
 def conversations_within(directory: str, max_prompt_tokens: int) -> list[str]:
@@ -36,6 +40,10 @@ def conversations_within(directory: str, max_prompt_tokens: int) -> list[str]:
             if longest(json.load(file)["requests"]) <= max_prompt_tokens:
                 chosen.append(path)
     return chosen
+
+
+WEKA_TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "weka-claude-code"
+"""The WEKA Claude Code conversations, beside the checkout (not part of the repository)."""
 
 
 @contextlib.contextmanager
@@ -133,6 +141,21 @@ def figures(summary: dict[str, Any]) -> dict[str, float]:
         "p50": ttft["p50"] or float("nan"),
         "p90": ttft["p90"] or float("nan"),
     }
+
+
+async def swarm_row(
+    config: SwarmConfig, processes: Sequence[GatewayProcess], replica_urls: Sequence[str]
+) -> dict[str, float]:
+    """Run the swarm through the gateways: its figures, the gateways' CPU share of one core over the run,
+    their routing decisions, and the busiest replica's request share."""
+    pids = [process.pid for process in processes]
+    cpu, wall = cpu_seconds(pids), time.perf_counter()
+    result = await run_swarm(config)
+    cpu = (cpu_seconds(pids) - cpu) / (time.perf_counter() - wall)
+    decisions = decision_figures(gateway_counters([process.url for process in processes]))
+    row = figures(result.summary) | {"cpu": cpu} | decisions
+    row["busiest"] = busiest_share(fleet_figures(replica_urls).requests_per_replica)
+    return row
 
 
 def print_table(rows: dict[str, dict[str, float]]) -> None:

@@ -22,30 +22,25 @@ import asyncio
 import os
 import sys
 import tempfile
-import time
 
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.fleet_runs import (
+    WEKA_TRACE,
     conversations_within,
-    cpu_seconds,
-    decision_figures,
     failed_requests,
-    figures,
-    gateway_counters,
     medians,
     print_decisions,
     print_table,
     run_rounds,
+    swarm_row,
 )
-from loadtest.experiment import busiest_share, fleet_figures
 from loadtest.process import GatewayProcess
 from loadtest.sim import SimProcess, free_port_range
-from loadtest.swarm import SwarmConfig, run_swarm
+from loadtest.swarm import SwarmConfig
 
-TRACES = "/work/shared/traces/weka-claude-code"
 MODES = ("approximate", "precise")
 
 
@@ -76,8 +71,7 @@ async def run_one(
                                  "speculative_ttl_s": 2.0 / args.time_scale}  # fmt: skip
         path = write_yaml(os.path.join(scratch, f"{mode}.yaml"), config)
         async with GatewayProcess(extra_args=["--config", path]) as gateway:
-            cpu, wall = cpu_seconds([gateway.pid]), time.perf_counter()
-            result = await run_swarm(
+            return await swarm_row(
                 SwarmConfig(
                     endpoint=gateway.url,
                     workload="replay",
@@ -95,20 +89,17 @@ async def run_one(
                     label=mode,
                     output_dir=os.path.join(output, mode),
                     plots=False,
-                )
+                ),
+                [gateway],
+                sim.urls,
             )
-            cpu = (cpu_seconds([gateway.pid]) - cpu) / (time.perf_counter() - wall)
-            decisions = decision_figures(gateway_counters([gateway.url]))
-        row = figures(result.summary) | {"cpu": cpu} | decisions
-        row["busiest"] = busiest_share(fleet_figures(sim.urls).requests_per_replica)
-    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--trace", default=TRACES, help="directory of WEKA conversations")
+    parser.add_argument("--trace", default=str(WEKA_TRACE), help="directory of WEKA conversations")
     parser.add_argument("--max-prompt-tokens", type=int, default=100_000,
                         help="replay the conversations whose requests all fit in this")  # fmt: skip
     parser.add_argument("--replicas", type=int, default=4)

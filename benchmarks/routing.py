@@ -36,7 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fleet_runs import conversations_within, gateway_counters
+from benchmarks.fleet_runs import WEKA_TRACE, conversations_within, gateway_counters
 from loadtest.experiment import (
     BOUNDED_FLEET,
     MAX_MODEL_LEN,
@@ -49,8 +49,6 @@ from loadtest.experiment import (
 from loadtest.process import free_port, stop_process
 from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
 
-REPO = Path(__file__).resolve().parents[1]
-WEKA_TRACE = REPO.parent / "shared" / "traces" / "weka-claude-code"
 MODEL = "sim-llama3-8b"
 
 

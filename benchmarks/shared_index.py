@@ -23,28 +23,23 @@ import contextlib
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.fleet_runs import (
-    cpu_seconds,
-    decision_figures,
     failed_requests,
-    figures,
-    gateway_counters,
     gateways,
     medians,
     print_decisions,
     print_table,
     run_rounds,
+    swarm_row,
 )
-from loadtest.experiment import busiest_share, fleet_figures
 from loadtest.process import GatewayProcess
 from loadtest.redis_process import redis_server
 from loadtest.sim import SimProcess
-from loadtest.swarm import SwarmConfig, run_swarm
+from loadtest.swarm import SwarmConfig
 
 CONTENDERS = ("1 gateway", "3 gateways, Redis", "3 gateways, embedded")
 
@@ -73,8 +68,6 @@ async def run_one(label: str, args: argparse.Namespace, output: str) -> dict[str
     sim_args = ["--time-scale", str(args.time_scale), "--hbm-blocks", str(args.hbm_blocks)]
     async with SimProcess(replicas=args.replicas, extra_args=sim_args) as sim:
         with contender(label, sim.urls, args.gateways, args.time_scale) as processes:
-            pids = [process.pid for process in processes]
-            cpu, wall = cpu_seconds(pids), time.perf_counter()
             config = SwarmConfig(
                 endpoint=",".join(process.url for process in processes),
                 endpoint_spread="request",
@@ -88,12 +81,7 @@ async def run_one(label: str, args: argparse.Namespace, output: str) -> dict[str
                 output_dir=os.path.join(output, label.replace(" ", "").replace(",", "-")),
                 plots=False,
             )
-            result = await run_swarm(config)
-            cpu = (cpu_seconds(pids) - cpu) / (time.perf_counter() - wall)
-            decisions = decision_figures(gateway_counters([process.url for process in processes]))
-        row = figures(result.summary) | {"cpu": cpu} | decisions
-        row["busiest"] = busiest_share(fleet_figures(sim.urls).requests_per_replica)
-    return row
+            return await swarm_row(config, processes, sim.urls)
 
 
 def main() -> int:
