@@ -27,13 +27,12 @@ import time
 from contextlib import ExitStack, contextmanager
 
 import aiohttp
-import httpx
 import orjson
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadtest.process import GatewayProcess, free_port, stop_process
+from loadtest.process import GatewayProcess, free_port, stop_process, wait_for_port
 from loadtest.sim import SimProcess
 
 MODEL = "sim-llama3-8b"
@@ -111,19 +110,9 @@ def passthrough_proxy(upstreams: list[str]):
     port = free_port()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "passthrough_proxy.py")
     process = subprocess.Popen([sys.executable, script, str(port), ",".join(upstreams)])
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the pass-through proxy did not start")
-            time.sleep(0.1)
-        yield process, url
+        wait_for_port(port, timeout=30, process=process)  # uvicorn listens once its startup is done
+        yield process, f"http://127.0.0.1:{port}"
     finally:
         stop_process(process)
 
