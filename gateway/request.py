@@ -8,6 +8,7 @@ validates its own parameters and its 400s reach the client as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Literal
 
 import orjson
@@ -77,12 +78,7 @@ def completion_prompt(body: dict[str, Any]) -> str | list[int]:
 def _render_prompt(kind: Kind, body: dict[str, Any]) -> tuple[bytes, list[int]]:
     if kind == "chat":
         parts = [part.encode() for part in render_chat_parts(body["messages"], body.get("tools"))]
-        boundaries = []
-        end = 0
-        for part in parts:
-            end += len(part)
-            boundaries.append(end)
-        return b"".join(parts) + _GENERATION_PROMPT, boundaries
+        return b"".join(parts) + _GENERATION_PROMPT, list(accumulate(map(len, parts)))
     prompt = completion_prompt(body)
     if isinstance(prompt, str):
         return prompt.encode(), []
