@@ -86,6 +86,12 @@ class RoutingConfig(_Section):
     guard_kv_usage: float = Field(
         default=0.98, gt=0, le=1.0, description="Load guard: pass over a replica whose KV cache is this full."
     )
+    guard_keep_tokens: float = Field(
+        default=32768,
+        ge=0,
+        description="Load guard: spare a replica holding at least this many more of the prompt's tokens than "
+        "any unguarded one (a conversation's own history, which leaving would compute again).",
+    )
     tie_tolerance: float = Field(
         default=0.05,
         ge=0,

@@ -20,6 +20,9 @@ class ScrapedLoad:
     at: float = 0.0
 
 
+RECENT_HALF_LIFE_S = 60.0
+
+
 @dataclass(slots=True)
 class Load:
     """The gateway's own view: requests it has in flight on the replica and the prefill work queued."""
@@ -28,6 +31,17 @@ class Load:
     prefilling: int = 0
     queued_prefill_tokens: float = 0.0
     queued_prefill_seconds: float = 0.0
+    _recent: float = 0.0
+    _recent_at: float = 0.0
+
+    def note_request(self, now: float) -> None:
+        self._recent = self.recent_requests(now) + 1.0
+        self._recent_at = now
+
+    def recent_requests(self, now: float) -> float:
+        """Requests sent here lately, each counting half after `RECENT_HALF_LIFE_S`: the conversations the
+        replica carries, which its queue does not show while they wait between turns."""
+        return self._recent * 0.5 ** ((now - self._recent_at) / RECENT_HALF_LIFE_S)
 
 
 @dataclass(eq=False, slots=True)

@@ -48,6 +48,7 @@ class Dispatch:
         self._prefilling = True
         self._open = True
         load = replica.load
+        load.note_request(self.started)
         load.inflight += 1
         load.prefilling += 1
         load.queued_prefill_tokens += new_tokens

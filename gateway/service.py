@@ -82,6 +82,7 @@ class GatewayService:
                 guard_factor=routing.guard_factor,
                 guard_min_outstanding=routing.guard_min_outstanding,
                 guard_kv_usage=routing.guard_kv_usage,
+                guard_keep_tokens=routing.guard_keep_tokens,
                 tie_tolerance=routing.tie_tolerance,
                 work_weight=routing.work_weight,
                 engine_token_budget=routing.engine_token_budget,

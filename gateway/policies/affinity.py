@@ -6,11 +6,16 @@ replica (that work delays every request queued behind it, which a per-request TT
 the lowest score wins, except that a replica carrying more than `guard_factor` times
 the pool's mean outstanding requests (and at least `guard_min_outstanding`), or whose KV cache is nearly
 full, is passed over while another replica is not: so a hot prefix spreads to a second replica instead
-of piling onto one, and the replica that takes it becomes a holder too. Estimates within
-`tie_tolerance` of the best are ties: the replica holding more of the prompt wins them (leaving a
-conversation's cache for a gain lost in the estimate's noise only wastes the cache), then the less
-loaded one (so new conversations spread), then rendezvous hashing on the prompt so that independent
-gateway replicas agree.
+of piling onto one, and the replica that takes it becomes a holder too. The outstanding-requests guard
+spares a replica holding `guard_keep_tokens` more of the prompt than any unguarded one: that much is a
+conversation's own history, not a prefix other conversations pile on, and leaving it means computing
+it again (a 100k-token conversation moved off its replica for a queue of eight requests).
+
+Estimates within `tie_tolerance` of the best are ties: the replica holding more of the prompt wins them
+(leaving a conversation's cache for a gain lost in the estimate's noise only wastes the cache), then
+the one sent fewer requests lately (so new conversations spread by the conversations each replica
+carries, which its momentary queue does not show while they wait between turns), then the one with
+fewer outstanding, then rendezvous hashing on the prompt so that independent gateway replicas agree.
 
 Reasons: `affinity` (the winner holds part of the prompt and is the cheapest), `load_guard` (the
 cheapest was passed over), `cold` (no candidate holds any of the prompt).
@@ -34,6 +39,7 @@ class AffinitySettings:
     guard_kv_usage: float = 0.98
     tie_tolerance: float = 0.05
     work_weight: float = 0.5
+    guard_keep_tokens: float = 32768
     engine_token_budget: int = 8192
 
 
@@ -63,16 +69,20 @@ class AffinityPolicy:
             load = outstanding[replica.name]
             estimates[replica.name].guarded = (
                 load >= settings.guard_min_outstanding and load > settings.guard_factor * mean
-            ) or replica.scraped.kv_usage >= settings.guard_kv_usage
+            )
+        self._keep_history(estimates)
+        for replica in candidates:
+            if replica.scraped.kv_usage >= settings.guard_kv_usage:
+                estimates[replica.name].guarded = True
 
         if all(e.guarded for e in estimates.values()):
             for e in estimates.values():
                 e.guarded = False
         ordered = self._cheapest_first(
-            [r for r in candidates if not estimates[r.name].guarded], estimates, context
+            [r for r in candidates if not estimates[r.name].guarded], estimates, context, now
         )
         ordered += self._cheapest_first(
-            [r for r in candidates if estimates[r.name].guarded], estimates, context
+            [r for r in candidates if estimates[r.name].guarded], estimates, context, now
         )
 
         best = ordered[0]
@@ -87,11 +97,24 @@ class AffinityPolicy:
         self.cost.note_routed(chosen, context.blocks)
         return Ranking(ordered, reason, chosen.cached_tokens, [estimates[r.name] for r in ordered])
 
+    def _keep_history(self, estimates: dict[str, Estimate]) -> None:
+        """Lift the load guard from a replica holding far more of the prompt than any unguarded one: what
+        only it holds is this conversation's own history, which piles nothing else onto it, and leaving
+        it would compute that history again."""
+        unguarded = [e.cached_tokens for e in estimates.values() if not e.guarded]
+        if not unguarded or len(unguarded) == len(estimates):
+            return
+        others = max(unguarded)
+        for estimate in estimates.values():
+            if estimate.guarded and estimate.cached_tokens - others >= self.settings.guard_keep_tokens:
+                estimate.guarded = False
+
     def _cheapest_first(
-        self, replicas: list[Replica], estimates: dict[str, Estimate], context: RouteContext
+        self, replicas: list[Replica], estimates: dict[str, Estimate], context: RouteContext, now: float
     ) -> list[Replica]:
         """By estimate. Those within the tie tolerance of the best come first: the ones holding the most of
-        the prompt, then the least loaded, then in rendezvous order (so gateway replicas agree)."""
+        the prompt, then the least busy lately, then the least loaded now, then in rendezvous order (so
+        gateway replicas agree)."""
         if not replicas:
             return []
         by_cost = sorted(replicas, key=lambda r: estimates[r.name].score_s)
@@ -99,6 +122,8 @@ class AffinityPolicy:
         tied = rendezvous_order(
             [r for r in by_cost if estimates[r.name].score_s <= limit], context.prefix_key
         )
-        tied.sort(key=lambda r: (-estimates[r.name].cached_tokens, r.outstanding()))
+        tied.sort(
+            key=lambda r: (-estimates[r.name].cached_tokens, r.load.recent_requests(now), r.outstanding())
+        )
         rest = [r for r in by_cost if estimates[r.name].score_s > limit]
         return tied + rest

@@ -8,7 +8,7 @@ from gateway.index.base import PrefixMatch
 from gateway.policies import AffinityPolicy, AffinitySettings, RouteContext, make_policy
 from gateway.policies.cost import SCALE_MEMORY_S
 from gateway.profiles import get_profile
-from gateway.replicas import Replica
+from gateway.replicas import RECENT_HALF_LIFE_S, Replica
 
 PROFILE = get_profile("h100-llama3-8b")
 
@@ -111,6 +111,28 @@ def test_load_guard_spreads_a_hot_prefix_to_a_second_replica():
     assert ranking.replicas[-1] is hot  # still there, last, for retries
 
 
+def test_the_load_guard_spares_a_conversations_own_history_but_spreads_a_shared_prefix():
+    def first_choice(holder_blocks: int, kv_usage: float = 0.0, keep_tokens: float = 32768):
+        replicas = fleet(4)
+        holder = replicas[0]
+        holder.load.inflight = 20
+        holder.scraped.kv_usage = kv_usage
+        for other in replicas[1:]:
+            other.load.inflight = 2
+        # every replica holds the shared system prompt (1,000 blocks); the holder, the conversation too
+        matches = {r.name: PrefixMatch(hbm=1000) for r in replicas[1:]} | {
+            holder.name: PrefixMatch(hbm=holder_blocks)
+        }
+        policy = AffinityPolicy(PROFILE, AffinitySettings(guard_keep_tokens=keep_tokens))
+        ranking = policy.rank(context(replicas, matches, prompt_blocks=holder_blocks + 100))
+        return ranking.replicas[0] is holder, ranking.reason
+
+    assert first_choice(holder_blocks=6000) == (True, "affinity")  # 80k tokens only it holds: it stays
+    assert first_choice(holder_blocks=2000) == (False, "load_guard")  # 16k more: that spreads
+    assert first_choice(holder_blocks=6000, keep_tokens=float("inf"))[0] is False
+    assert first_choice(holder_blocks=6000, kv_usage=0.99)[0] is False  # a full cache guards regardless
+
+
 def test_kv_cache_nearly_full_guards_a_replica():
     replicas = fleet(2)
     replicas[0].scraped.kv_usage = 0.99
@@ -161,6 +183,24 @@ def test_a_tie_goes_to_the_replica_holding_more_of_the_prompt_then_to_the_less_l
     assert {
         AffinityPolicy(PROFILE).rank(context(replicas, key=key)).replicas[0].name for key in range(50)
     } == {replicas[2].name}
+
+
+def test_a_tie_goes_to_the_replica_sent_fewer_requests_lately_which_counts_half_after_a_half_life():
+    replicas = fleet(3)
+    now = time.monotonic()
+    for replica, sent in zip(replicas, (3, 1, 0), strict=True):
+        for _ in range(sent):
+            replica.load.note_request(now)
+    replicas[2].load.inflight = 2  # busier this instant, but carrying fewer conversations
+    policy = AffinityPolicy(PROFILE)
+    assert {policy.rank(context(replicas, key=key)).replicas[0].name for key in range(50)} == {
+        replicas[2].name
+    }
+
+    load = replicas[1].load
+    assert load.recent_requests(now + RECENT_HALF_LIFE_S) == pytest.approx(0.5)
+    load.note_request(now + RECENT_HALF_LIFE_S)
+    assert load.recent_requests(now + 3 * RECENT_HALF_LIFE_S) == pytest.approx(1.5 / 4)
 
 
 def test_a_replica_observed_slower_than_its_peers_loses_traffic_then_recovers():
