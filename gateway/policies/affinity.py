@@ -63,21 +63,7 @@ class AffinityPolicy:
             estimate.score_s = (
                 estimate.ttft_s + settings.work_weight * estimate.prefill_s * self.cost.pool_scale
             )
-        outstanding = {r.name: r.outstanding() for r in candidates}
-        mean = sum(outstanding.values()) / len(candidates)
-        for replica in candidates:
-            load = outstanding[replica.name]
-            estimates[replica.name].guarded = (
-                load >= settings.guard_min_outstanding and load > settings.guard_factor * mean
-            )
-        self._keep_history(estimates)
-        for replica in candidates:
-            if replica.scraped.kv_usage >= settings.guard_kv_usage:
-                estimates[replica.name].guarded = True
-
-        if all(e.guarded for e in estimates.values()):
-            for e in estimates.values():
-                e.guarded = False
+        self._guard(candidates, estimates)
         ordered = self._cheapest_first(
             [r for r in candidates if not estimates[r.name].guarded], estimates, context, now
         )
@@ -97,17 +83,31 @@ class AffinityPolicy:
         self.cost.note_routed(chosen, context.blocks)
         return Ranking(ordered, reason, chosen.cached_tokens, [estimates[r.name] for r in ordered])
 
-    def _keep_history(self, estimates: dict[str, Estimate]) -> None:
-        """Lift the load guard from a replica holding far more of the prompt than any unguarded one: what
-        only it holds is this conversation's own history, which piles nothing else onto it, and leaving
-        it would compute that history again."""
-        unguarded = [e.cached_tokens for e in estimates.values() if not e.guarded]
-        if not unguarded or len(unguarded) == len(estimates):
-            return
-        others = max(unguarded)
-        for estimate in estimates.values():
-            if estimate.guarded and estimate.cached_tokens - others >= self.settings.guard_keep_tokens:
+    def _guard(self, candidates: list[Replica], estimates: dict[str, Estimate]) -> None:
+        """Mark the replicas the load guard passes over: those whose KV cache is nearly full, and those
+        crowded with outstanding requests unless they hold `guard_keep_tokens` more of the prompt than
+        any replica the request could go to instead (that much is a conversation's own history, which
+        piles nothing else onto them, and leaving it would compute it again). None if all would be."""
+        settings = self.settings
+        outstanding = {r.name: r.outstanding() for r in candidates}
+        mean = sum(outstanding.values()) / len(candidates)
+        full = {r.name for r in candidates if r.scraped.kv_usage >= settings.guard_kv_usage}
+        crowded = {
+            name
+            for name, load in outstanding.items()
+            if load >= settings.guard_min_outstanding and load > settings.guard_factor * mean
+        }
+        for name, estimate in estimates.items():
+            estimate.guarded = name in full or name in crowded
+        open_cached = [e.cached_tokens for e in estimates.values() if not e.guarded]
+        if not open_cached:
+            for estimate in estimates.values():
                 estimate.guarded = False
+            return
+        others = max(open_cached)
+        for name in crowded - full:
+            if estimates[name].cached_tokens - others >= settings.guard_keep_tokens:
+                estimates[name].guarded = False
 
     def _cheapest_first(
         self, replicas: list[Replica], estimates: dict[str, Estimate], context: RouteContext, now: float

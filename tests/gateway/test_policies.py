@@ -112,7 +112,9 @@ def test_load_guard_spreads_a_hot_prefix_to_a_second_replica():
 
 
 def test_the_load_guard_spares_a_conversations_own_history_but_spreads_a_shared_prefix():
-    def first_choice(holder_blocks: int, kv_usage: float = 0.0, keep_tokens: float = 32768):
+    def first_choice(
+        holder_blocks: int, kv_usage: float = 0.0, keep_tokens: float = 32768, full_twin: bool = False
+    ):
         replicas = fleet(4)
         holder = replicas[0]
         holder.load.inflight = 20
@@ -123,6 +125,9 @@ def test_the_load_guard_spares_a_conversations_own_history_but_spreads_a_shared_
         matches = {r.name: PrefixMatch(hbm=1000) for r in replicas[1:]} | {
             holder.name: PrefixMatch(hbm=holder_blocks)
         }
+        if full_twin:  # another copy of the conversation, on a replica whose KV cache is full
+            replicas[1].scraped.kv_usage = 0.99
+            matches[replicas[1].name] = PrefixMatch(hbm=holder_blocks)
         policy = AffinityPolicy(PROFILE, AffinitySettings(guard_keep_tokens=keep_tokens))
         ranking = policy.rank(context(replicas, matches, prompt_blocks=holder_blocks + 100))
         return ranking.replicas[0] is holder, ranking.reason
@@ -131,6 +136,8 @@ def test_the_load_guard_spares_a_conversations_own_history_but_spreads_a_shared_
     assert first_choice(holder_blocks=2000) == (False, "load_guard")  # 16k more: that spreads
     assert first_choice(holder_blocks=6000, keep_tokens=float("inf"))[0] is False
     assert first_choice(holder_blocks=6000, kv_usage=0.99)[0] is False  # a full cache guards regardless
+    # the history is measured against the replicas the request could go to, not a guarded one
+    assert first_choice(holder_blocks=6000, full_twin=True) == (True, "affinity")
 
 
 def test_kv_cache_nearly_full_guards_a_replica():
