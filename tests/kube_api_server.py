@@ -76,6 +76,7 @@ class LocalKubeAPIServer:
         self._resource_version = 100
         self._compacted_at = 0
         self._drop_generation = 0
+        self._streaming: dict[str, int] = {}
         self._drop_abrupt = False
         self._stopping = False
         self._watches_open = threading.Event()
@@ -178,6 +179,11 @@ class LocalKubeAPIServer:
 
     def watch_count(self, resource: str) -> int:
         return sum(1 for r in list(self.requests) if r.resource == resource and r.watch)
+
+    def streaming_watches(self, resource: str) -> int:
+        """Watches that are streaming now: `drop_watches` reaches these, not ones still connecting."""
+        with self._lock:
+            return self._streaming.get(resource, 0)
 
     def list_count(self, resource: str) -> int:
         return sum(1 for r in list(self.requests) if r.resource == resource and not r.watch)
@@ -314,6 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
         deadline = time.monotonic() + timeout_s
         with api._lock:
             generation = api._drop_generation
+            api._streaming[resource] = api._streaming.get(resource, 0) + 1
         try:
             while True:
                 with api._lock:
@@ -346,6 +353,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        finally:
+            with api._lock:
+                api._streaming[resource] -= 1
 
     def _end(self) -> None:
         self.wfile.write(b"0\r\n\r\n")

@@ -195,6 +195,7 @@ async def test_a_broken_watch_lists_again_and_catches_up(api: LocalKubeAPIServer
     published = Published()
     async with running(quick(kubeconfig), published):
         await published.until(lambda now: len(now) == 2)
+        await eventually(lambda: api.streaming_watches("endpointslices") == 1)
         api.hold_watches()
         api.drop_watches(abrupt=True)
         api.apply("endpointslices", endpoint_slice("vllm-a", [("vllm-1", "127.0.0.2")]))
@@ -217,6 +218,7 @@ async def test_410_gone_lists_again(
     published = Published()
     async with running(quick(kubeconfig), published):
         await published.until(lambda now: "vllm-0" in now)
+        await eventually(lambda: api.streaming_watches("endpointslices") == 1)
         api.hold_watches()
         api.drop_watches()
         api.apply("endpointslices", endpoint_slice("vllm-a", [("vllm-7", "127.0.0.8")]))
