@@ -3,6 +3,9 @@
     python benchmarks/routing.py                              # agents and WEKA replay, every contender
     python benchmarks/routing.py --workloads agents --contenders round_robin,affinity,oracle
     python benchmarks/routing.py --peers-venv /tmp/peers-venv  # where sglang-router / vllm-router live
+    python benchmarks/routing.py --rounds 3                    # each contender three times, in turn
+    KVGATE_ROUTING__GUARD_MIN_OUTSTANDING=4 python benchmarks/routing.py --contenders affinity
+                                                              # kvgate's settings from its environment
 
 For each workload, every contender routes the same seeded swarm over its own freshly started fleet of
 simulated replicas (8 by default, bounded HBM and a DRAM tier), one after the other in one run:
@@ -15,7 +18,10 @@ simulated replicas (8 by default, bounded HBM and a DRAM tier), one after the ot
 
 It prints, per workload, the side-by-side table and the checks: affinity's hit rate at least 95% of the
 oracle's, its TTFT p90 at least 5x lower than round-robin's, the busiest replica's request share at most
-1.5x the mean, and a higher hit rate and lower TTFT p90 than every peer that ran. Exit status 0 when all
+1.5x the mean, and a higher hit rate and lower TTFT p90 than every peer that ran. With `--rounds N`,
+every contender runs N times (round after round, so that each round sees the machine at much the same
+moment), a table per round, and the checks take each figure's median over the rounds: on a shared
+machine one run's TTFT p90 and busiest share move by a third from run to run. Exit status 0 when all
 hold. Reports and plots go under `--output`.
 """
 
@@ -25,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -152,42 +159,77 @@ def swarm_config(
     return SwarmConfig(workload="replay", trace=fitting, shared_prefix=True, prewarm=True, **common)
 
 
-def checks(outcomes: list[Outcome]) -> list[tuple[str, bool]]:
-    by_label = {outcome.label: outcome for outcome in outcomes}
+Figures = dict[str, float]
+"""A contender's hit rate, TTFT p90 (s) and busiest replica's share, or their medians over rounds."""
+
+
+def figures_of(outcome: Outcome) -> Figures:
+    return {
+        "hit": outcome.summary["cache"]["hit_rate"],
+        "p90": outcome.summary["latency_s"]["ttft"]["p90"],
+        "busiest": outcome.busiest_share,
+    }
+
+
+def median_figures(outcomes: list[Outcome]) -> Figures:
+    rounds = [figures_of(outcome) for outcome in outcomes]
+    return {key: statistics.median(figures[key] for figures in rounds) for key in rounds[0]}
+
+
+def checks(by_label: dict[str, Figures]) -> list[tuple[str, bool]]:
     affinity = by_label.get("kvgate affinity")
     if affinity is None:
         return []
-
-    def hit(outcome: Outcome) -> float:
-        return outcome.summary["cache"]["hit_rate"]
-
-    def p90(outcome: Outcome) -> float:
-        return outcome.summary["latency_s"]["ttft"]["p90"]
-
     results = []
     if oracle := by_label.get("pooled oracle"):
-        ratio = hit(affinity) / hit(oracle)
+        ratio = affinity["hit"] / oracle["hit"]
         results.append((f"affinity hit rate / oracle's = {ratio:.3f} (>= 0.95)", ratio >= 0.95))
     if round_robin := by_label.get("kvgate round_robin"):
-        ratio = p90(round_robin) / p90(affinity)
+        ratio = round_robin["p90"] / affinity["p90"]
         results.append((f"round_robin TTFT p90 / affinity's = {ratio:.1f}x (>= 5)", ratio >= 5))
-    share = affinity.busiest_share
+    share = affinity["busiest"]
     results.append((f"affinity busiest replica share = {share:.2f}x the mean (<= 1.5)", share <= 1.5))
-    for outcome in outcomes:
-        if outcome.label.startswith(("sglang", "vllm")):
-            better = hit(affinity) > hit(outcome) and p90(affinity) < p90(outcome)
+    for label, peer_figures in by_label.items():
+        if label.startswith(("sglang", "vllm")):
+            better = affinity["hit"] > peer_figures["hit"] and affinity["p90"] < peer_figures["p90"]
             results.append(
                 (
-                    f"affinity vs {outcome.label}: hit {hit(affinity):.1%} vs {hit(outcome):.1%}, "
-                    f"TTFT p90 {p90(affinity):.2f} s vs {p90(outcome):.2f} s",
+                    f"affinity vs {label}: hit {affinity['hit']:.1%} vs {peer_figures['hit']:.1%}, "
+                    f"TTFT p90 {affinity['p90']:.2f} s vs {peer_figures['p90']:.2f} s",
                     better,
                 )
             )
     return results
 
 
+def print_run(workload: str, outcome: Outcome, seconds: float) -> None:
+    summary = outcome.summary
+    ttft = summary["latency_s"]["ttft"]
+    print(
+        f"  {workload} / {outcome.label}: hit {summary['cache']['hit_rate']:.1%}, "
+        f"TTFT p90 {ttft['p90']:.2f} s, busiest {outcome.busiest_share:.2f}x, TTFT mean {ttft['mean']:.2f} s "
+        f"(replicas' own {outcome.replica_ttft_mean_s:.2f} s) ({seconds:.0f} s)",
+        flush=True,
+    )
+
+
+def print_round(title: str, outcomes: list[Outcome], reasons: dict[str, dict[str, float]]) -> None:
+    from rich.console import Console
+
+    Console(width=160).print(comparison_table([outcome.summary for outcome in outcomes], title=title))
+    for outcome in outcomes:
+        spread = " ".join(f"{count:.0f}" for count in outcome.requests_per_replica)
+        decided = ", ".join(
+            f"{reason} {count:.0f}" for reason, count in sorted(reasons[outcome.label].items())
+        )
+        print(
+            f"  {outcome.label}: busiest share {outcome.busiest_share:.2f}x; "
+            f"requests per replica [{spread}]" + (f"; decisions: {decided}" if decided else "")
+        )
+
+
 async def run_workload(workload: str, args: argparse.Namespace, chosen: list[Contender]) -> bool:
-    output = Path(args.output)
+    output = Path(args.output)  # per round, output/round-N when there are several
     reasons: dict[str, dict[str, float]] = {}
 
     async def swarm(endpoint: str, label: str) -> Any:
@@ -195,40 +237,37 @@ async def run_workload(workload: str, args: argparse.Namespace, chosen: list[Con
         reasons[label] = decision_reasons(label, endpoint)
         return result
 
-    outcomes = []
-    for contender in chosen:
-        started = time.monotonic()
-        outcome = await run_contender(contender, args.replicas, sim_args(args), swarm)
-        outcomes.append(outcome)
-        summary = outcome.summary
-        print(
-            f"  {workload} / {contender.label}: hit {summary['cache']['hit_rate']:.1%}, "
-            f"TTFT p90 {summary['latency_s']['ttft']['p90']:.2f} s, busiest {outcome.busiest_share:.2f}x, "
-            f"TTFT mean {summary['latency_s']['ttft']['mean']:.2f} s "
-            f"(replicas' own {outcome.replica_ttft_mean_s:.2f} s) "
-            f"({time.monotonic() - started:.0f} s)",
-            flush=True,
+    runs: dict[str, list[Outcome]] = {contender.label: [] for contender in chosen}
+    for round_number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            output = Path(args.output) / f"round-{round_number}"
+        outcomes = []
+        for contender in chosen:
+            started = time.monotonic()
+            outcome = await run_contender(contender, args.replicas, sim_args(args), swarm)
+            print_run(workload, outcome, time.monotonic() - started)
+            outcomes.append(outcome)
+            runs[contender.label].append(outcome)
+        title = f"{workload}: {args.replicas} simulated replicas"
+        if args.rounds > 1:
+            title += f", round {round_number} of {args.rounds}"
+        print_round(title, outcomes, reasons)
+        (output / workload).mkdir(parents=True, exist_ok=True)
+        (output / workload / "comparison.md").write_text(
+            comparison_markdown([outcome.summary for outcome in outcomes])
         )
 
-    from rich.console import Console
-
-    console = Console(width=160)
-    summaries = [outcome.summary for outcome in outcomes]
-    console.print(comparison_table(summaries, title=f"{workload}: {args.replicas} simulated replicas"))
-    for outcome in outcomes:
-        spread = " ".join(f"{count:.0f}" for count in outcome.requests_per_replica)
-        decided = ", ".join(
-            f"{reason} {count:.0f}" for reason, count in sorted(reasons[outcome.label].items())
-        )
-        print(
-            f"  {outcome.label}: busiest share {outcome.busiest_share:.2f}x; requests per replica [{spread}]"
-            + (f"; decisions: {decided}" if decided else "")
-        )
-    results = checks(outcomes)
+    medians = {label: median_figures(outcomes) for label, outcomes in runs.items()}
+    if args.rounds > 1:
+        print(f"  medians over {args.rounds} rounds:")
+        for label, figures in medians.items():
+            print(
+                f"  {label:32} hit {figures['hit']:.1%}, TTFT p90 {figures['p90']:.2f} s, "
+                f"busiest {figures['busiest']:.2f}x"
+            )
+    results = checks(medians)
     for text, ok in results:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
-    (output / workload).mkdir(parents=True, exist_ok=True)
-    (output / workload / "comparison.md").write_text(comparison_markdown(summaries))
     return all(ok for _, ok in results)
 
 
@@ -250,6 +289,9 @@ def main() -> int:
         "--seconds", type=float, default=60.0, help="wall-clock seconds of load per contender"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of every contender; the checks take medians (default 1)"
+    )
     parser.add_argument("--time-scale", type=float, default=10.0, help="simulated seconds per wall second")
     parser.add_argument(
         "--sim-arg", action="append", default=[], help="extra `kvgate sim` argument (repeatable)"
@@ -258,6 +300,8 @@ def main() -> int:
     parser.add_argument("--peers-venv", type=Path, default=Path("/tmp/peers-venv"))
     parser.add_argument("--output", default="kvgate-results/routing")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     chosen = contenders(
         [c.strip() for c in args.contenders.split(",") if c.strip()],
