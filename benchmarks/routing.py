@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -229,22 +230,22 @@ def print_round(title: str, outcomes: list[Outcome], reasons: dict[str, dict[str
 
 
 async def run_workload(workload: str, args: argparse.Namespace, chosen: list[Contender]) -> bool:
-    output = Path(args.output)  # per round, output/round-N when there are several
     reasons: dict[str, dict[str, float]] = {}
 
-    async def swarm(endpoint: str, label: str) -> Any:
+    async def swarm(endpoint: str, label: str, output: Path) -> Any:
         result = await run_swarm(swarm_config(workload, args, endpoint, label, output))
         reasons[label] = decision_reasons(label, endpoint)
         return result
 
     runs: dict[str, list[Outcome]] = {contender.label: [] for contender in chosen}
     for round_number in range(1, args.rounds + 1):
-        if args.rounds > 1:
-            output = Path(args.output) / f"round-{round_number}"
+        output = Path(args.output) / (f"round-{round_number}" if args.rounds > 1 else "")
         outcomes = []
         for contender in chosen:
             started = time.monotonic()
-            outcome = await run_contender(contender, args.replicas, sim_args(args), swarm)
+            outcome = await run_contender(
+                contender, args.replicas, sim_args(args), functools.partial(swarm, output=output)
+            )
             print_run(workload, outcome, time.monotonic() - started)
             outcomes.append(outcome)
             runs[contender.label].append(outcome)
