@@ -21,8 +21,10 @@ oracle's, its TTFT p90 at least 5x lower than round-robin's, the busiest replica
 1.5x the mean, and a higher hit rate and lower TTFT p90 than every peer that ran. With `--rounds N`,
 every contender runs N times (round after round, so that each round sees the machine at much the same
 moment), a table per round, and the checks take each figure's median over the rounds: on a shared
-machine one run's TTFT p90 and busiest share move by a third from run to run. Exit status 0 when all
-hold. Reports and plots go under `--output`.
+machine one run's TTFT p90 and busiest share move by a third from run to run. Beside affinity's busiest
+share it prints the share that keeping every session on one replica allows: sessions spread evenly by
+count in random arrival orders (a router cannot know how many requests a session will bring), and with
+hindsight. Exit status 0 when all hold. Reports and plots go under `--output`.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import functools
 import os
+import random
 import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,6 +208,35 @@ def checks(by_label: dict[str, Figures]) -> list[tuple[str, bool]]:
     return results
 
 
+def session_requests(outcome: Outcome) -> list[int]:
+    """Requests per session (a conversation, or one of its sub-agents) in the contender's run."""
+    with (outcome.output_dir / "requests.csv").open(newline="") as file:
+        sessions = Counter(row["session"] for row in csv.DictReader(file) if int(row["request_id"]) >= 0)
+    return list(sessions.values())
+
+
+def sticky_shares(
+    sessions: list[int], replicas: int, trials: int = 2000
+) -> tuple[float, float, float, float]:
+    """The busiest share a router gets when it keeps every session on one replica and spreads sessions
+    evenly by count, not knowing how many requests each will bring: p10, median and p90 over random
+    arrival orders; and with hindsight (longest first onto the least loaded), the best such placement."""
+    mean = sum(sessions) / replicas
+    draw = random.Random(0)
+    shares = []
+    for _ in range(trials):
+        order = draw.sample(sessions, len(sessions))
+        load = [0] * replicas
+        for position, requests in enumerate(order):
+            load[position % replicas] += requests
+        shares.append(max(load) / mean)
+    shares.sort()
+    load = [0] * replicas
+    for requests in sorted(sessions, reverse=True):
+        load[load.index(min(load))] += requests
+    return shares[trials // 10], shares[trials // 2], shares[trials * 9 // 10], max(load) / mean
+
+
 def print_run(workload: str, outcome: Outcome, seconds: float) -> None:
     summary = outcome.summary
     ttft = summary["latency_s"]["ttft"]
@@ -227,6 +261,14 @@ def print_round(title: str, outcomes: list[Outcome], reasons: dict[str, dict[str
             f"  {outcome.label}: busiest share {outcome.busiest_share:.2f}x; "
             f"requests per replica [{spread}]" + (f"; decisions: {decided}" if decided else "")
         )
+        if outcome.label == "kvgate affinity":
+            sessions = session_requests(outcome)
+            low, median, high, hindsight = sticky_shares(sessions, len(outcome.requests_per_replica))
+            print(
+                f"  {len(sessions)} sessions, up to {max(sessions)} requests each: kept in place and spread "
+                f"evenly by count, busiest share {median:.2f}x (p10-p90 {low:.2f}-{high:.2f}x); "
+                f"with hindsight {hindsight:.2f}x"
+            )
 
 
 async def run_workload(workload: str, args: argparse.Namespace, chosen: list[Contender]) -> bool:
