@@ -261,8 +261,8 @@ def print_round(title: str, outcomes: list[Outcome], reasons: dict[str, dict[str
             f"  {outcome.label}: busiest share {outcome.busiest_share:.2f}x; "
             f"requests per replica [{spread}]" + (f"; decisions: {decided}" if decided else "")
         )
-        if outcome.label == "kvgate affinity":
-            sessions = session_requests(outcome)
+        sessions = session_requests(outcome) if outcome.label == "kvgate affinity" else []
+        if sessions:
             low, median, high, hindsight = sticky_shares(sessions, len(outcome.requests_per_replica))
             print(
                 f"  {len(sessions)} sessions, up to {max(sessions)} requests each: kept in place and spread "
