@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import functools
 import os
 import random
@@ -55,12 +54,14 @@ from loadtest.experiment import (
     MAX_MODEL_LEN,
     Contender,
     Outcome,
+    busiest_share,
     kvgate,
     pooled_oracle,
     run_contender,
 )
 from loadtest.process import free_port, stop_process
 from loadtest.swarm import SwarmConfig, comparison_markdown, comparison_table, run_swarm
+from loadtest.swarm.records import iter_records
 
 MODEL = "sim-llama3-8b"
 
@@ -210,9 +211,8 @@ def checks(by_label: dict[str, Figures]) -> list[tuple[str, bool]]:
 
 def session_requests(outcome: Outcome) -> list[int]:
     """Requests per session (a conversation, or one of its sub-agents) in the contender's run."""
-    with (outcome.output_dir / "requests.csv").open(newline="") as file:
-        sessions = Counter(row["session"] for row in csv.DictReader(file) if int(row["request_id"]) >= 0)
-    return list(sessions.values())
+    records = iter_records(outcome.output_dir / "requests.csv")
+    return list(Counter(record.session for record in records if record.request_id >= 0).values())
 
 
 def sticky_shares(
@@ -221,7 +221,6 @@ def sticky_shares(
     """The busiest share a router gets when it keeps every session on one replica and spreads sessions
     evenly by count, not knowing how many requests each will bring: p10, median and p90 over random
     arrival orders; and with hindsight (longest first onto the least loaded), the best such placement."""
-    mean = sum(sessions) / replicas
     draw = random.Random(0)
     shares = []
     for _ in range(trials):
@@ -229,12 +228,12 @@ def sticky_shares(
         load = [0] * replicas
         for position, requests in enumerate(order):
             load[position % replicas] += requests
-        shares.append(max(load) / mean)
+        shares.append(busiest_share(load))
     shares.sort()
     load = [0] * replicas
     for requests in sorted(sessions, reverse=True):
         load[load.index(min(load))] += requests
-    return shares[trials // 10], shares[trials // 2], shares[trials * 9 // 10], max(load) / mean
+    return shares[trials // 10], shares[trials // 2], shares[trials * 9 // 10], busiest_share(load)
 
 
 def print_run(workload: str, outcome: Outcome, seconds: float) -> None:
