@@ -8,7 +8,15 @@ import logging
 import time
 
 from gateway.auth import APIKeys, read_secret
-from gateway.blocks import BlockHasher, ByteBlockHasher, TokenBlockHasher, Tokenize, local_tokenize
+from gateway.blocks import (
+    NATIVE_CHAIN_HASHING,
+    BlockHasher,
+    ByteBlockHasher,
+    TokenBlockHasher,
+    Tokenize,
+    default_memo_blocks,
+    local_tokenize,
+)
 from gateway.chat_template import load_chat_template
 from gateway.config import GatewayConfig, replica_capacity_tokens
 from gateway.discovery import make_discovery
@@ -67,8 +75,11 @@ class GatewayService:
             self.feeds = EventFeeds(precise_index, self.metrics.registry)
             self.index = precise_index
         else:
+            memo_blocks = config.routing.hash_memo_blocks
             self.hasher = ByteBlockHasher(
-                config.routing.block_bytes, config.routing.max_blocks, config.routing.hash_memo_blocks
+                config.routing.block_bytes,
+                config.routing.max_blocks,
+                default_memo_blocks() if memo_blocks is None else memo_blocks,
             )
             self.index = self._approximate_index()
         for replica in self.replicas:
@@ -172,6 +183,11 @@ class GatewayService:
             )
         models = sorted(self.replicas.models()) or "(no models yet)"
         log.info("routing %s over %d replicas with policy %s", models, len(self.replicas), self.policy.name)
+        if not NATIVE_CHAIN_HASHING:
+            log.warning(
+                "prompt blocks are hashed in Python (about 8x slower): this install was built without "
+                "gateway._chainhash, which needs a C compiler and xxhash.h (libxxhash-dev)"
+            )
 
     async def stop(self) -> None:
         if self._discovery_task is not None:

@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 debian_packages=()
 command -v redis-server >/dev/null || debian_packages+=(redis-server)
 command -v prometheus >/dev/null || debian_packages+=(prometheus)
+# the C extension gateway._chainhash (block hashing), built by pip install below; its test fails without it
+command -v gcc >/dev/null || debian_packages+=(gcc)
+[ -e /usr/include/xxhash.h ] || debian_packages+=(libxxhash-dev)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+  || debian_packages+=(python3-dev)
 if ((${#debian_packages[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -23,6 +23,13 @@ from tests.deploy.docker_context import build_context, instructions
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
+SYSTEM_PACKAGES_STEPS = [
+    "apt-get update",
+    "apt-get install -y --no-install-recommends gcc libc6-dev libxxhash-dev",
+    "rm -rf /var/lib/apt/lists/*",
+]
+"""What the builder installs from Debian to compile gateway._chainhash; scripts/test.sh installs the same
+here, and the wheel built below must carry the extension."""
 BUILD_STEPS = [
     "python -m pip wheel --no-deps --wheel-dir /dist .",
     "python -m venv /opt/kvgate",
@@ -31,13 +38,13 @@ BUILD_STEPS = [
 ]
 
 
-def builder_steps() -> list[str]:
+def builder_runs() -> list[list[str]]:
     runs = [i.arguments for i in instructions(DOCKERFILE) if i.stage == "builder" and i.keyword == "RUN"]
-    return [step.strip() for run in runs for step in run.split("&&")]
+    return [[step.strip() for step in run.split("&&")] for run in runs]
 
 
 def test_the_builder_stage_runs_the_steps_this_test_repeats() -> None:
-    assert builder_steps() == BUILD_STEPS
+    assert builder_runs() == [SYSTEM_PACKAGES_STEPS, BUILD_STEPS]
 
 
 def test_the_runtime_stage_runs_kvgate_as_a_numeric_non_root_user() -> None:
@@ -55,8 +62,15 @@ def test_the_runtime_stage_runs_kvgate_as_a_numeric_non_root_user() -> None:
 def test_the_build_context_holds_the_package_sources_and_nothing_else(tmp_path: Path) -> None:
     sent = build_context(ROOT, tmp_path)
     assert {"pyproject.toml", "README.md", "gateway/cli.py", "gateway/discovery/kubernetes.py"} <= set(sent)
-    assert {path.split("/")[0] for path in sent} == {"pyproject.toml", "README.md", "gateway", "loadtest"}
-    assert not [path for path in sent if "__pycache__" in path or path.endswith(".pyc")]
+    assert {path.split("/")[0] for path in sent} == {
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "gateway",
+        "loadtest",
+    }
+    assert "gateway/_chainhash.c" in sent
+    assert not [path for path in sent if "__pycache__" in path or path.endswith((".pyc", ".so"))]
 
 
 def _files_under(directory: Path) -> set[str]:
@@ -108,6 +122,8 @@ def test_the_builder_steps_make_a_working_kvgate(tmp_path: Path) -> None:
             assert f"kvgate {command}" in run([str(venv / "bin/kvgate"), command, "--help"], cwd=elsewhere)
     where = run([str(venv / "bin/python"), "-c", "import gateway; print(gateway.__file__)"], cwd=elsewhere)
     assert where.startswith(str(site_packages))
+    native = "from gateway import blocks, _chainhash; print(blocks.NATIVE_CHAIN_HASHING, _chainhash.__file__)"
+    assert run([str(venv / "bin/python"), "-c", native], cwd=elsewhere).startswith(f"True {site_packages}")
     assert _files_under(venv) == before, "running kvgate wrote into its installation"
     assert not any(elsewhere.iterdir()) and not any(home.iterdir()), "running kvgate wrote files"
 
