@@ -33,16 +33,6 @@ _hash = xxhash.xxh3_64_intdigest
 
 NATIVE_CHAIN_HASHING = _extend_chain_native is not None
 
-PYTHON_HASHING_MEMO_BLOCKS = 262_144
-"""The chain memo's default size where hashing falls back to Python (about 12 MB of chains)."""
-
-
-def default_memo_blocks() -> int:
-    """No memo where the chain is hashed in C: hashing a 32k-token prompt there (about 0.05-0.1 ms)
-    costs about what the memo's own keys and copies cost (docs/benchmarks.md, "What the Redis index
-    costs"), so the memo would only hold memory."""
-    return 0 if NATIVE_CHAIN_HASHING else PYTHON_HASHING_MEMO_BLOCKS
-
 
 BYTES_PER_TOKEN_ESTIMATE = 4.0
 

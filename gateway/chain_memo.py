@@ -1,8 +1,7 @@
 """The chains of recently hashed chat prompts, so that a conversation's next turn hashes only what it added.
 
-For a gateway that hashes in Python (built without `gateway._chainhash`). In C a whole prompt's chain
-costs about what keeping and copying chains here costs (the memo saved 0.05 ms at the median on a next
-turn and cost up to 0.1 ms on an unseen prompt), so there the memo is off by default and saves its memory.
+Written for the Python loop, it still pays where the chain is hashed in C (`gateway._chainhash`), if
+little: 0.03-0.10 ms at the median on a 32k-token prompt's next turn (docs/benchmarks.md).
 
 An agent's next prompt is its previous prompt plus a few messages. Hashing is sequential (each block's
 hash seeds the next) and costs about 0.2 us per 64-byte block in Python, 0.4 ms for a 32k-token prompt

@@ -69,12 +69,11 @@ class RoutingConfig(_Section):
     max_blocks: int = Field(
         default=8192, gt=0, le=1_000_000, description="Blocks hashed per prompt at most: bounds the work."
     )
-    hash_memo_blocks: int | None = Field(
-        default=None,
+    hash_memo_blocks: int = Field(
+        default=262_144,
         ge=0,
         description="Blocks of recent chat prompts' chains kept (about 48 B each) so that a conversation's "
-        "next turn hashes only its new blocks; 0 turns the memo off. Unset: off where the chain is hashed "
-        "in C (a whole prompt then costs about what the memo does), 262144 where it is hashed in Python.",
+        "next turn hashes only its new blocks; 0 turns the memo off.",
     )
     guard_factor: float = Field(
         default=1.5,

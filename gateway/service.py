@@ -14,7 +14,6 @@ from gateway.blocks import (
     ByteBlockHasher,
     TokenBlockHasher,
     Tokenize,
-    default_memo_blocks,
     local_tokenize,
 )
 from gateway.chat_template import load_chat_template
@@ -75,11 +74,8 @@ class GatewayService:
             self.feeds = EventFeeds(precise_index, self.metrics.registry)
             self.index = precise_index
         else:
-            memo_blocks = config.routing.hash_memo_blocks
             self.hasher = ByteBlockHasher(
-                config.routing.block_bytes,
-                config.routing.max_blocks,
-                default_memo_blocks() if memo_blocks is None else memo_blocks,
+                config.routing.block_bytes, config.routing.max_blocks, config.routing.hash_memo_blocks
             )
             self.index = self._approximate_index()
         for replica in self.replicas:
@@ -185,7 +181,7 @@ class GatewayService:
         log.info("routing %s over %d replicas with policy %s", models, len(self.replicas), self.policy.name)
         if not NATIVE_CHAIN_HASHING:
             log.warning(
-                "prompt blocks are hashed in Python (about 8x slower): this install was built without "
+                "prompt blocks are hashed in Python (about 6x slower): this install was built without "
                 "gateway._chainhash, which needs a C compiler and xxhash.h (libxxhash-dev)"
             )
 
