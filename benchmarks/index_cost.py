@@ -3,9 +3,11 @@
 1. Routing decision, in process: `Router.route` (render the prompt, hash its blocks, look the chain up
    in the index for every replica, rank them with the affinity policy), the call the gateway makes for
    every request, for a 32k-token chat prompt over 8 replicas that each hold part of it. Three gateway
-   services built from the same configuration: embedded, Redis, and Redis without the chain memo. Two
-   kinds of prompt: one the gateway has not hashed before, and a conversation's next turn (the memo's
-   case). Calls rotate through every service and kind.
+   services built from the same configuration: embedded, Redis, and Redis without the chain memo; and
+   Redis again with the block chain hashed by the Python loop instead of the C extension (as a gateway
+   built without it). Two kinds of
+   prompt: one the gateway has not hashed before, and a conversation's next turn (the memo's case).
+   Calls rotate through every service and kind.
 2. Throughput: two gateway processes (`kvgate serve`, one per index) in front of the same simulated
    replicas at a high time scale, each driven by its own closed loop of streamed requests from this
    process, both at once so that they share the same moment of the machine; requests/s per window,
@@ -24,6 +26,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import aiohttp
 import numpy as np
@@ -33,6 +37,7 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gateway import blocks as block_hashing
 from gateway.blocks import ByteBlockHasher
 from gateway.config import load_config
 from gateway.index.redis_store import RedisPrefixStore
@@ -78,17 +83,47 @@ def next_turn(base: dict, conversation: int, turn: int) -> dict:
     return base | {"messages": messages}
 
 
-def service(backend: str, replicas: int, redis_url: str, memo: bool = True) -> GatewayService:
+def service(backend: str, replicas: int, redis_url: str, memo_blocks: int | None = None) -> GatewayService:
     urls = [{"url": f"http://127.0.0.1:{20000 + i}", "models": [MODEL]} for i in range(replicas)]
     overrides = {"replicas": urls, "index.backend": backend, "index.redis.url": redis_url}
-    if not memo:
-        overrides["routing.hash_memo_blocks"] = 0
+    if memo_blocks is not None:
+        overrides["routing.hash_memo_blocks"] = memo_blocks
     return GatewayService(load_config(overrides=overrides, environ={}))
+
+
+NO_MEMO = "redis, no memo"
+PYTHON_HASHING = "redis, Python hashing"
+
+
+@contextmanager
+def python_hashing() -> Iterator[None]:
+    """Hash the chain with the Python loop for the duration, as a gateway built without the extension."""
+    native = block_hashing._extend_chain_native
+    block_hashing._extend_chain_native = None
+    try:
+        yield
+    finally:
+        block_hashing._extend_chain_native = native
+
+
+def hashing_alone(data: bytes, calls: int) -> tuple[float, float]:
+    """Median ms to hash the chain of `data` in C and in Python, calls alternating."""
+    native, python = [], []
+    for _ in range(calls):
+        for sink, context in ((native, nullcontext()), (python, python_hashing())):
+            with context:
+                started = time.perf_counter()
+                block_hashing.chain_hashes(data, 64, 0, 1 << 20)
+                sink.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(native), statistics.median(python)
 
 
 async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
     services = {backend: service(backend, args.replicas, redis_url) for backend in ("embedded", "redis")}
-    services["redis, no memo"] = service("redis", args.replicas, redis_url, memo=False)
+    services[NO_MEMO] = service("redis", args.replicas, redis_url, 0)
+    if block_hashing.NATIVE_CHAIN_HASHING:
+        services[PYTHON_HASHING] = service("redis", args.replicas, redis_url)
+    native = block_hashing.NATIVE_CHAIN_HASHING
     probe = orjson.dumps(chat(0, args.prompt_tokens))
     # every replica holds a different share of the probe's chain, and some other conversations, as if
     # another gateway had routed them: hashed apart, so that no gateway's chain memo knows them
@@ -126,9 +161,10 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
         for backend, case in rows[shift:] + rows[:shift]:
             gateway, body = services[backend], bodies[case]
             request = parse_request("chat", body)
-            started = time.perf_counter()
-            decision = await gateway.router.route(request, MODEL)
-            elapsed = time.perf_counter() - started
+            with python_hashing() if backend == PYTHON_HASHING else nullcontext():
+                started = time.perf_counter()
+                decision = await gateway.router.route(request, MODEL)
+                elapsed = time.perf_counter() - started
             names = [replica.name for replica in gateway.replicas]
             started = time.perf_counter()
             await gateway.index.match(MODEL, decision.blocks.hashes, names)
@@ -137,17 +173,19 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
                 times[backend, case].append(elapsed * 1e3)
                 lookups[backend, case].append(lookup * 1e3)
             assert decision.ranking.reason == "affinity", decision.ranking.reason
+    hashed_by = "in C (gateway._chainhash)" if native else "in Python: the C extension is not built"
     print(f"\n1. routing decision (Router.route), {args.prompt_tokens}-token chat prompt = {blocks} blocks, "
           f"{args.replicas} replicas, {args.decisions} calls each, alternating;\n   unseen: a prompt this "
           "gateway has not hashed before, its prefix in the index (routed by another gateway); next turn: "
-          f"one turn more of a conversation this gateway routed {CONVERSATIONS} calls earlier")  # fmt: skip
-    print(f"{'':30}{'route p50':>11}{'p99':>9}{'max':>9}{'  index lookup p50':>19}{'p99':>9}")
+          f"one turn more of a conversation this gateway routed {CONVERSATIONS} calls earlier;\n   block "
+          f"chain hashed {hashed_by}")  # fmt: skip
+    print(f"{'':40}{'route p50':>11}{'p99':>9}{'max':>9}{'  index lookup p50':>19}{'p99':>9}")
     for backend, case in rows:
         t, m = times[backend, case], lookups[backend, case]
         label = f"{backend}, {case}"
-        print(f"{label:30}{percentile(t, 0.5):>9.3f}ms{percentile(t, 0.99):>7.3f}ms{max(t):>7.3f}ms"
+        print(f"{label:40}{percentile(t, 0.5):>9.3f}ms{percentile(t, 0.99):>7.3f}ms{max(t):>7.3f}ms"
               f"{percentile(m, 0.5):>17.3f}ms{percentile(m, 0.99):>7.3f}ms")  # fmt: skip
-    print(f"{'PING':30}{'':29}{percentile(pings, 0.5):>17.3f}ms{percentile(pings, 0.99):>7.3f}ms"
+    print(f"{'PING':40}{'':29}{percentile(pings, 0.5):>17.3f}ms{percentile(pings, 0.99):>7.3f}ms"
           "  (one bare round trip: this machine's floor)")  # fmt: skip
     await ping.aclose()
     for case in cases:
@@ -156,10 +194,19 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
             for q in (0.5, 0.99)
         }
         print(f"redis - embedded, {case}: p50 {added[0.5]:+.3f} ms, p99 {added[0.99]:+.3f} ms")
-    for case in cases:
-        saved = {q: percentile(times["redis, no memo", case], q) - percentile(times["redis", case], q)
-                 for q in (0.5, 0.99)}  # fmt: skip
-        print(f"the chain memo saves, {case}: p50 {saved[0.5]:.3f} ms, p99 {saved[0.99]:.3f} ms")
+    comparisons = [("the chain memo saves", NO_MEMO, "redis")]
+    if native:
+        comparisons.append(("hashing in C saves", PYTHON_HASHING, "redis"))
+    if native:
+        data = parse_request("chat", probe).prompt_bytes()
+        in_c, in_python = hashing_alone(data, 500)
+        print(f"the probe's chain alone ({len(data) // 64} blocks), median of 500: in C {in_c:.3f} ms, "
+              f"in Python {in_python:.3f} ms ({in_python / in_c:.1f}x)")  # fmt: skip
+    for title, slower, faster in comparisons:
+        for case in cases:
+            saved = {q: percentile(times[slower, case], q) - percentile(times[faster, case], q)
+                     for q in (0.5, 0.99)}  # fmt: skip
+            print(f"{title}, {case}: p50 {saved[0.5]:+.3f} ms, p99 {saved[0.99]:+.3f} ms")
     for gateway in services.values():
         await gateway.index.close()
 
