@@ -2,12 +2,12 @@
 
 1. Routing decision, in process: `Router.route` (render the prompt, hash its blocks, look the chain up
    in the index for every replica, rank them with the affinity policy), the call the gateway makes for
-   every request, for a 32k-token chat prompt over 8 replicas that each hold part of it. Three gateway
-   services built from the same configuration: embedded, Redis, and Redis without the chain memo; and
-   Redis again with the block chain hashed by the Python loop instead of the C extension (as a gateway
-   built without it). Two kinds of
-   prompt: one the gateway has not hashed before, and a conversation's next turn (the memo's case).
-   Calls rotate through every service and kind.
+   every request, for a 32k-token chat prompt over 8 replicas that each hold part of it. Gateway
+   services built from the same configuration: embedded, Redis, Redis without the chain memo, and Redis
+   with the block chain hashed by the Python loop instead of the C extension (as a gateway built
+   without it). Two kinds of prompt: one the gateway has not hashed before, and a conversation's next
+   turn (the memo's case). Calls rotate through every service and kind. Then the chain alone, in C and
+   in Python.
 2. Throughput: two gateway processes (`kvgate serve`, one per index) in front of the same simulated
    replicas at a high time scale, each driven by its own closed loop of streamed requests from this
    process, both at once so that they share the same moment of the machine; requests/s per window,
@@ -106,24 +106,27 @@ def python_hashing() -> Iterator[None]:
         block_hashing._extend_chain_native = native
 
 
-def hashing_alone(data: bytes, calls: int) -> tuple[float, float]:
+def hashing_alone(data: bytes, block_size: int, calls: int) -> tuple[float, float]:
     """Median ms to hash the chain of `data` in C and in Python, calls alternating."""
-    native, python = [], []
+    blocks = len(data) // block_size
+    in_c: list[float] = []
+    in_python: list[float] = []
     for _ in range(calls):
-        for sink, context in ((native, nullcontext()), (python, python_hashing())):
-            with context:
-                started = time.perf_counter()
-                block_hashing.chain_hashes(data, 64, 0, 1 << 20)
-                sink.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(native), statistics.median(python)
+        started = time.perf_counter()
+        block_hashing.chain_hashes(data, block_size, 0, blocks)
+        in_c.append((time.perf_counter() - started) * 1e3)
+        started = time.perf_counter()
+        block_hashing.python_chain_hashes(data, block_size, 0, blocks, [])
+        in_python.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(in_c), statistics.median(in_python)
 
 
 async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
+    native = block_hashing.NATIVE_CHAIN_HASHING
     services = {backend: service(backend, args.replicas, redis_url) for backend in ("embedded", "redis")}
     services[NO_MEMO] = service("redis", args.replicas, redis_url, 0)
-    if block_hashing.NATIVE_CHAIN_HASHING:
+    if native:
         services[PYTHON_HASHING] = service("redis", args.replicas, redis_url)
-    native = block_hashing.NATIVE_CHAIN_HASHING
     probe = orjson.dumps(chat(0, args.prompt_tokens))
     # every replica holds a different share of the probe's chain, and some other conversations, as if
     # another gateway had routed them: hashed apart, so that no gateway's chain memo knows them
@@ -197,10 +200,8 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
     comparisons = [("the chain memo saves", NO_MEMO, "redis")]
     if native:
         comparisons.append(("hashing in C saves", PYTHON_HASHING, "redis"))
-    if native:
-        data = parse_request("chat", probe).prompt_bytes()
-        in_c, in_python = hashing_alone(data, 500)
-        print(f"the probe's chain alone ({len(data) // 64} blocks), median of 500: in C {in_c:.3f} ms, "
+        in_c, in_python = hashing_alone(parse_request("chat", probe).prompt_bytes(), hasher.block_bytes, 500)
+        print(f"the probe's chain alone ({blocks} blocks), median of 500: in C {in_c:.3f} ms, "
               f"in Python {in_python:.3f} ms ({in_python / in_c:.1f}x)")  # fmt: skip
     for title, slower, faster in comparisons:
         for case in cases:

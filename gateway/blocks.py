@@ -65,7 +65,7 @@ def chain_hashes(
 ) -> list[int]:
     """xxh3-64 of each full `block_size`-byte block, chained through the seed argument. `leading`, the
     chain of the first blocks when already known, is extended in place from where it ends. In C when
-    the extension is built (a 32k-token prompt in about 0.05 ms instead of 0.45 ms), else in Python."""
+    the extension is built (a 32k-token prompt in 0.06-0.09 ms instead of 0.40-0.55 ms), else in Python."""
     hashes = leading if leading is not None else []
     end_block = min(len(data) // block_size, max_blocks)
     if len(hashes) >= end_block:
