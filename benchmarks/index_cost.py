@@ -39,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gateway import blocks as block_hashing
 from gateway.blocks import ByteBlockHasher
-from gateway.config import load_config
+from gateway.config import RedisConfig, load_config
+from gateway.index.redis_connect import make_redis_commands
 from gateway.index.redis_store import RedisPrefixStore
 from gateway.request import parse_request
 from gateway.service import GatewayService
@@ -259,7 +260,7 @@ async def throughput(args: argparse.Namespace, gateway_urls: dict[str, str]) -> 
 
 async def memory_per_entry(args: argparse.Namespace, redis_url: str) -> None:
     client = Redis.from_url(redis_url)
-    store = RedisPrefixStore(client, stride=16)
+    store = RedisPrefixStore(make_redis_commands(RedisConfig(url=redis_url)), stride=16)
     rng = np.random.default_rng(0)
     print("\n3. memory per entry (used_memory delta / entries; MEMORY USAGE / ZCARD)")
     for label, keys, per_key in (("large ZSETs", args.memory_keys, args.memory_entries),
@@ -282,6 +283,7 @@ async def memory_per_entry(args: argparse.Namespace, redis_url: str) -> None:
               f"per entry by used_memory, {usage / per_key:.1f} B by MEMORY USAGE")  # fmt: skip
     await client.flushall()
     await client.aclose()
+    await store.close()
 
 
 def main() -> int:

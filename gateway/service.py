@@ -24,7 +24,7 @@ from gateway.errors import APIError, bad_request
 from gateway.health import CacheGeometry, ReplicaMonitor
 from gateway.index.base import PrefixIndex, TierCapacity
 from gateway.index.embedded import EmbeddedIndex
-from gateway.index.redis_connect import make_redis_client
+from gateway.index.redis_connect import make_redis_commands
 from gateway.index.redis_store import RedisPrefixStore
 from gateway.index.shared import SharedIndex
 from gateway.kv_events.feeds import EventFeeds
@@ -131,7 +131,7 @@ class GatewayService:
             return EmbeddedIndex(default)
         settings = self.config.index.redis
         store = RedisPrefixStore(
-            make_redis_client(settings), settings.key_prefix, settings.stride, settings.ttl_s
+            make_redis_commands(settings), settings.key_prefix, settings.stride, settings.ttl_s
         )
         return SharedIndex(
             store, default, self.metrics.registry, settings.lookup_timeout_s, settings.max_pending_writes

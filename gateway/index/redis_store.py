@@ -24,14 +24,15 @@ replica without offload tiers is always trimmed to that) is all HBM, and the tie
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from gateway.index.base import PrefixMatch
+from gateway.index.redis_connect import RedisCommands
 
 LOOKUP_SCRIPT = """
 local chain = ARGV[1]
@@ -106,18 +107,27 @@ def pack(hashes: Sequence[int], stride: int) -> bytes:
     return np.asarray(hashes[stride - 1 :: stride], dtype="<u8").tobytes()
 
 
+class _Script:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def call(self, keys: Sequence[str], args: Sequence[bytes | int]) -> tuple[Any, ...]:
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+_LOOKUP = _Script(LOOKUP_SCRIPT)
+_RECORD = _Script(RECORD_SCRIPT)
+
+
 class RedisPrefixStore:
-    def __init__(
-        self, client: Redis | RedisCluster, key_prefix: str = "kvg", stride: int = 16, ttl_s: int = 3600
-    ):
+    def __init__(self, redis: RedisCommands, key_prefix: str = "kvg", stride: int = 16, ttl_s: int = 3600):
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("the Redis key prefix must not contain braces (they mark the hash tag)")
-        self.client = client
+        self.redis = redis
         self.key_prefix = key_prefix
         self.stride = stride
         self.ttl_s = ttl_s
-        self._lookup = client.register_script(LOOKUP_SCRIPT)
-        self._record = client.register_script(RECORD_SCRIPT)
 
     def replica_key(self, model: str, replica: str) -> str:
         return f"{self.key_prefix}:{{{model}}}:r:{replica}"
@@ -137,7 +147,12 @@ class RedisPrefixStore:
         args: list[bytes | int] = [packed]
         for hbm, dram in capacities:
             args += [self.units(hbm), self.units(dram)]
-        rows = await self._lookup(keys=[self.replica_key(model, r) for r in replicas], args=args)
+        call = _LOOKUP.call([self.replica_key(model, r) for r in replicas], args)
+        try:
+            rows = await self.redis.execute(*call)
+        except NoScriptError:  # Redis restarted or flushed its scripts: load it, and call again
+            await self.redis.execute("SCRIPT", "LOAD", _LOOKUP.source)
+            rows = await self.redis.execute(*call)
         found: dict[str, PrefixMatch] = {}
         for replica, (held, in_hbm, in_dram) in zip(replicas, rows, strict=True):
             if held > 0:
@@ -148,36 +163,26 @@ class RedisPrefixStore:
         return found
 
     async def record_many(self, records: Sequence[tuple[str, str, bytes, int]]) -> None:
-        """Apply (model, replica, packed chain, total capacity in blocks) records in one round trip."""
-        if isinstance(self.client, RedisCluster):
-            for model, replica, packed, capacity in records:
-                await self._record_one(self.client, model, replica, packed, capacity)
-            return
+        """Apply (model, replica, packed chain, total capacity in blocks) records in one pipeline."""
+        calls = [
+            _RECORD.call(
+                (self.replica_key(model, replica), self.clock_key(model)),
+                (packed, max(1, self.units(capacity)), self.ttl_s),
+            )
+            for model, replica, packed, capacity in records
+        ]
         try:
-            await self._record_pipeline(records)
-        except NoScriptError:  # Redis restarted or flushed its scripts: load it, and the batch again
-            await self.client.script_load(RECORD_SCRIPT)
-            await self._record_pipeline(records)
-
-    async def _record_pipeline(self, records: Sequence[tuple[str, str, bytes, int]]) -> None:
-        """EVALSHA straight into the pipeline: a pipeline given the Script object asks SCRIPT EXISTS
-        first, one more round trip per batch."""
-        pipe = self.client.pipeline(transaction=False)
-        for model, replica, packed, capacity in records:
-            keys = (self.replica_key(model, replica), self.clock_key(model))
-            pipe.evalsha(self._record.sha, 2, *keys, packed, max(1, self.units(capacity)), self.ttl_s)
-        await pipe.execute()
-
-    async def _record_one(self, client, model: str, replica: str, packed: bytes, capacity: int) -> None:
-        keys = [self.replica_key(model, replica), self.clock_key(model)]
-        await self._record(keys=keys, args=[packed, max(1, self.units(capacity)), self.ttl_s], client=client)
+            await self.redis.execute_many(calls)
+        except NoScriptError:
+            await self.redis.execute("SCRIPT", "LOAD", _RECORD.source)
+            await self.redis.execute_many(calls)
 
     async def forget(self, models: Sequence[str], replica: str) -> None:
         for model in models:
-            await self.client.delete(self.replica_key(model, replica))
+            await self.redis.execute("DEL", self.replica_key(model, replica))
 
     async def entries(self, model: str, replica: str) -> int:
-        return await self.client.zcard(self.replica_key(model, replica))
+        return await self.redis.execute("ZCARD", self.replica_key(model, replica))
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.redis.aclose()

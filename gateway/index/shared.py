@@ -34,6 +34,8 @@ PROBE_STALE_S = 10.0
 FLUSH_BATCH = 256
 FLUSH_LINGER_S = 0.005
 """After a record wakes the writer, how long it waits for more to write in the same pipeline."""
+WRITE_TIMEOUT_S = 1.0
+"""A batch of records or a forget that takes longer counts as a failure (and is tried again later)."""
 
 
 class CircuitBreaker:
@@ -205,7 +207,8 @@ class SharedIndex:
                 started = time.perf_counter()
                 self._writing = len(batch)
                 try:
-                    await self.store.record_many(batch)
+                    async with asyncio.timeout(WRITE_TIMEOUT_S):
+                        await self.store.record_many(batch)
                 except Exception as exc:
                     self._pending.extendleft(reversed(batch))
                     self._failed("record", exc)
@@ -246,7 +249,8 @@ class SharedIndex:
         models = sorted(self._models_of.pop(replica, set()))
         if models and self.breaker.allows(time.monotonic()):
             try:
-                await self.store.forget(models, replica)
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await self.store.forget(models, replica)
             except Exception as exc:
                 self._failed("forget", exc)
 

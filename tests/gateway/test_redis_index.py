@@ -7,7 +7,7 @@ from redis.asyncio import Redis
 
 from gateway.config import RedisConfig
 from gateway.index.base import PrefixMatch, TierCapacity
-from gateway.index.redis_connect import make_redis_client
+from gateway.index.redis_connect import make_redis_commands
 from gateway.index.redis_store import RedisPrefixStore
 from gateway.index.shared import SharedIndex
 from loadtest.process import free_port
@@ -23,7 +23,7 @@ def chain(tag: int, length: int, prefix: list[int] | None = None) -> list[int]:
 
 
 def gateway_index(config: RedisConfig, stride: int = 16) -> SharedIndex:
-    store = RedisPrefixStore(make_redis_client(config), config.key_prefix, stride, config.ttl_s)
+    store = RedisPrefixStore(make_redis_commands(config), config.key_prefix, stride, config.ttl_s)
     index = SharedIndex(store, CAPACITY, CollectorRegistry(), lookup_timeout_s=0.5)
     for replica in ("a", "b", "c"):
         index.set_capacity(replica, CAPACITY)
@@ -215,7 +215,7 @@ async def test_cluster_keeps_a_models_keys_in_one_slot(tmp_path):
             await one.flush()
             assert (await two.match(model, chain(1, 48), ["a", "b"]))["a"].blocks == 48
         keys = (one.store.replica_key("llama", "a"), one.store.clock_key("llama"))
-        slots = {await one.store.client.execute_command("CLUSTER KEYSLOT", key) for key in keys}
+        slots = {await one.store.redis.client.execute_command("CLUSTER KEYSLOT", key) for key in keys}
         assert len(slots) == 1
         await one.close()
         await two.close()
@@ -224,7 +224,7 @@ async def test_cluster_keeps_a_models_keys_in_one_slot(tmp_path):
 @pytest.mark.parametrize("prefix", ["kv{g", "k}"])
 def test_braces_in_the_key_prefix_are_refused(prefix):
     with pytest.raises(ValueError, match="braces"):
-        RedisPrefixStore(Redis(), prefix)
+        RedisPrefixStore(make_redis_commands(RedisConfig()), prefix)
 
 
 async def test_slow_redis_counts_as_down(tmp_path):
