@@ -3,11 +3,12 @@
 1. Routing decision, in process: `Router.route` (render the prompt, hash its blocks, look the chain up
    in the index for every replica, rank them with the affinity policy), the call the gateway makes for
    every request, for a 32k-token chat prompt over 8 replicas that each hold part of it. Gateway
-   services built from the same configuration: embedded, Redis, Redis without the chain memo, and Redis
-   with the block chain hashed by the Python loop instead of the C extension (as a gateway built
-   without it). Two kinds of prompt: one the gateway has not hashed before, and a conversation's next
-   turn (the memo's case). Calls rotate through every service and kind. Then the chain alone, in C and
-   in Python.
+   services built from the same configuration: embedded, Redis, Redis with the chain memo on (off by
+   default where the C extension hashes; on where the Python loop does, and then this row is Redis
+   with it off), and Redis with the block chain hashed by the Python loop instead of the C extension
+   and the memo on (as a gateway built without it runs by default). Two kinds of prompt: one the
+   gateway has not hashed before, and a conversation's next turn (the memo's case). Calls rotate
+   through every service and kind. Then the chain alone, in C and in Python.
 2. Throughput: two gateway processes (`kvgate serve`, one per index) in front of the same simulated
    replicas at a high time scale, each driven by its own closed loop of streamed requests from this
    process, both at once so that they share the same moment of the machine; requests/s per window,
@@ -38,7 +39,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gateway import blocks as block_hashing
-from gateway.blocks import ByteBlockHasher
+from gateway.blocks import PYTHON_HASHING_MEMO_BLOCKS, ByteBlockHasher
 from gateway.config import RedisConfig, load_config
 from gateway.index.redis_connect import make_redis_commands
 from gateway.index.redis_store import RedisPrefixStore
@@ -92,7 +93,8 @@ def service(backend: str, replicas: int, redis_url: str, memo_blocks: int | None
     return GatewayService(load_config(overrides=overrides, environ={}))
 
 
-NO_MEMO = "redis, no memo"
+MEMO_ON = "redis, memo on"
+MEMO_OFF = "redis, no memo"
 PYTHON_HASHING = "redis, Python hashing"
 
 
@@ -125,9 +127,12 @@ def hashing_alone(data: bytes, block_size: int, calls: int) -> tuple[float, floa
 async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
     native = block_hashing.NATIVE_CHAIN_HASHING
     services = {backend: service(backend, args.replicas, redis_url) for backend in ("embedded", "redis")}
-    services[NO_MEMO] = service("redis", args.replicas, redis_url, 0)
+    # the other setting of the chain memo than the default's
+    other_memo = MEMO_ON if native else MEMO_OFF
+    other_memo_blocks = PYTHON_HASHING_MEMO_BLOCKS if native else 0
+    services[other_memo] = service("redis", args.replicas, redis_url, other_memo_blocks)
     if native:
-        services[PYTHON_HASHING] = service("redis", args.replicas, redis_url)
+        services[PYTHON_HASHING] = service("redis", args.replicas, redis_url, PYTHON_HASHING_MEMO_BLOCKS)
     probe = orjson.dumps(chat(0, args.prompt_tokens))
     # every replica holds a different share of the probe's chain, and some other conversations, as if
     # another gateway had routed them: hashed apart, so that no gateway's chain memo knows them
@@ -198,7 +203,8 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
             for q in (0.5, 0.99)
         }
         print(f"redis - embedded, {case}: p50 {added[0.5]:+.3f} ms, p99 {added[0.99]:+.3f} ms")
-    comparisons = [("the chain memo saves", NO_MEMO, "redis")]
+    memo_off, memo_on = ("redis", MEMO_ON) if native else (MEMO_OFF, "redis")
+    comparisons = [("the chain memo saves", memo_off, memo_on)]
     if native:
         comparisons.append(("hashing in C saves", PYTHON_HASHING, "redis"))
         in_c, in_python = hashing_alone(parse_request("chat", probe).prompt_bytes(), hasher.block_bytes, 500)

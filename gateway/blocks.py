@@ -33,6 +33,15 @@ _hash = xxhash.xxh3_64_intdigest
 
 NATIVE_CHAIN_HASHING = _extend_chain_native is not None
 
+PYTHON_HASHING_MEMO_BLOCKS = 262_144
+
+
+def default_memo_blocks() -> int:
+    """The chain memo's size where the configuration does not set it: on where the chain is hashed in
+    Python (it spares a next turn 0.4 ms at the median), off where the C extension hashes it (in six
+    runs it cost an unseen prompt more than it saved a next turn: docs/benchmarks.md)."""
+    return 0 if NATIVE_CHAIN_HASHING else PYTHON_HASHING_MEMO_BLOCKS
+
 
 BYTES_PER_TOKEN_ESTIMATE = 4.0
 

@@ -69,11 +69,12 @@ class RoutingConfig(_Section):
     max_blocks: int = Field(
         default=8192, gt=0, le=1_000_000, description="Blocks hashed per prompt at most: bounds the work."
     )
-    hash_memo_blocks: int = Field(
-        default=262_144,
+    hash_memo_blocks: int | None = Field(
+        default=None,
         ge=0,
         description="Blocks of recent chat prompts' chains kept (about 48 B each) so that a conversation's "
-        "next turn hashes only its new blocks; 0 turns the memo off.",
+        "next turn hashes only its new blocks; 0 turns the memo off. Unset: 262144 where blocks are "
+        "hashed in Python, off where the C extension hashes them.",
     )
     guard_factor: float = Field(
         default=1.5,

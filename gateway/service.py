@@ -14,6 +14,7 @@ from gateway.blocks import (
     ByteBlockHasher,
     TokenBlockHasher,
     Tokenize,
+    default_memo_blocks,
     local_tokenize,
 )
 from gateway.chat_template import load_chat_template
@@ -74,8 +75,11 @@ class GatewayService:
             self.feeds = EventFeeds(precise_index, self.metrics.registry)
             self.index = precise_index
         else:
+            memo_blocks = config.routing.hash_memo_blocks
             self.hasher = ByteBlockHasher(
-                config.routing.block_bytes, config.routing.max_blocks, config.routing.hash_memo_blocks
+                config.routing.block_bytes,
+                config.routing.max_blocks,
+                default_memo_blocks() if memo_blocks is None else memo_blocks,
             )
             self.index = self._approximate_index()
         for replica in self.replicas:

@@ -6,9 +6,12 @@ import asyncio
 import orjson
 import pytest
 
+from gateway import blocks
 from gateway.blocks import ByteBlockHasher, chain_seed
 from gateway.chain_memo import ChainMemo, boundary_keys
+from gateway.config import load_config
 from gateway.request import parse_request
+from gateway.service import GatewayService
 
 TOOLS = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}]
 
@@ -119,3 +122,20 @@ def test_the_memo_holds_at_most_its_budget_least_recently_used_out():
     assert memo.longest([(20, 6400)]) != [] and memo.longest([(21, 6400)]) == []
     memo.store((31, 6400), list(range(5000)))  # larger than the whole budget: not kept
     assert memo.longest([(31, 6400)]) == [] and memo.blocks <= 1000
+
+
+def test_the_memo_is_on_by_default_only_where_blocks_are_hashed_in_python(monkeypatch):
+    replicas = [{"url": "http://127.0.0.1:9", "models": ["m"]}]
+
+    def memo_of(overrides: dict) -> ChainMemo | None:
+        config = load_config(overrides={"replicas": replicas, **overrides}, environ={})
+        hasher = GatewayService(config).hasher
+        assert isinstance(hasher, ByteBlockHasher)
+        return hasher.memo
+
+    monkeypatch.setattr(blocks, "NATIVE_CHAIN_HASHING", True)
+    assert memo_of({}) is None
+    assert memo_of({"routing.hash_memo_blocks": 1000}).max_blocks == 1000
+    monkeypatch.setattr(blocks, "NATIVE_CHAIN_HASHING", False)
+    assert memo_of({}).max_blocks == blocks.PYTHON_HASHING_MEMO_BLOCKS
+    assert memo_of({"routing.hash_memo_blocks": 0}) is None
