@@ -1,7 +1,8 @@
 """The chains of recently hashed chat prompts, so that a conversation's next turn hashes only what it added.
 
-Written for the Python loop, it still pays where the chain is hashed in C (`gateway._chainhash`), if
-little: 0.03-0.10 ms at the median on a 32k-token prompt's next turn (docs/benchmarks.md).
+It is for the Python loop, and on by default only there (`blocks.default_memo_blocks`): where the C
+extension (`gateway._chainhash`) hashes the chain it saved a 32k-token next turn 0.04-0.05 ms at the
+median and cost an unseen prompt more (docs/benchmarks.md).
 
 An agent's next prompt is its previous prompt plus a few messages. Hashing is sequential (each block's
 hash seeds the next) and costs about 0.2 us per 64-byte block in Python, 0.4 ms for a 32k-token prompt

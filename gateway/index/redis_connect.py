@@ -94,7 +94,7 @@ def make_redis_commands(config: RedisConfig) -> RedisCommands:
             host, _, port = entry.rpartition(":")
             hosts.append((host, int(port)))
         sentinel_options = timeouts | {"password": password} | _tls(config)
-        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options, **timeouts)
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options)
         service = config.sentinel_service
 
         async def resolve() -> Address:

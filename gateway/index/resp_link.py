@@ -2,11 +2,11 @@
 
 Calls from concurrent requests share the connection: each writes its command at once and waits for its
 own reply, replies coming back in the order the commands went out (RESP's pipelining). hiredis packs
-the commands and parses the replies in C. A lookup, one `EVALSHA` with a key per replica, cost the
-gateway 36 us of CPU this way against 150-170 us through redis-py's asyncio client, whose command
-packing in Python, pool checkout, task per write and stream reader are per call (and 92-124 us through
-a redis-py connection used directly, 290 us through coredis, 140-160 us through valkey-glide; the
-gateway's whole CPU budget per request is about 1.5 ms). redis-py still parses the URL, finds the
+the commands and parses the replies in C. The index's lookup for 8 replicas and a 32k-token prompt
+cost the gateway 122 us of CPU this way against 298 us through redis-py's asyncio client, whose
+command packing in Python, pool checkout, task per write and stream reader are per call
+(`benchmarks/redis_client_choice.py`; a redis-py connection used directly, coredis and valkey-glide
+were no better than 92 us for a smaller lookup that took 36 us here). redis-py still parses the URL, finds the
 master through Sentinel, and serves Redis Cluster, whose slot routing this does not attempt.
 
 A call has no timeout of its own: the shared index bounds every call it makes. A connection whose
@@ -100,6 +100,14 @@ def _checked(reply: Any) -> Any:
     raise ResponseError(message)
 
 
+def _checked_on(protocol: _RespProtocol, reply: Any) -> Any:
+    try:
+        return _checked(reply)
+    except ReadOnlyError:
+        protocol.abort()  # a replica now (a Sentinel failover): the next call finds the master again
+        raise
+
+
 class RespLink:
     def __init__(
         self,
@@ -126,11 +134,7 @@ class RespLink:
     async def execute(self, *command: str | bytes | int | float) -> Any:
         protocol = await self._connected()
         (future,) = protocol.send((command,))
-        try:
-            return _checked(await future)
-        except ReadOnlyError:
-            protocol.abort()  # a replica now (a Sentinel failover): find the master again
-            raise
+        return _checked_on(protocol, await future)
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Every command in one write; their replies, or the first error among them once all are in."""
@@ -138,11 +142,7 @@ class RespLink:
             return []
         protocol = await self._connected()
         replies = await asyncio.gather(*protocol.send(commands))
-        try:
-            return [_checked(reply) for reply in replies]
-        except ReadOnlyError:
-            protocol.abort()
-            raise
+        return [_checked_on(protocol, reply) for reply in replies]
 
     async def _connected(self) -> _RespProtocol:
         protocol = self._protocol

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, ResponseError
+from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, ReadOnlyError, ResponseError
 
 from gateway.config import RedisConfig
 from gateway.index.redis_connect import make_redis_commands
@@ -136,3 +136,16 @@ async def test_unix_socket(tmp_path):
 async def test_a_refused_connection_is_a_connection_error():
     with pytest.raises(ConnectionError, match="Connecting to Redis failed"):
         await link_to(f"redis://127.0.0.1:{free_port()}/0").execute("PING")
+
+
+async def test_a_readonly_answer_drops_the_connection_so_the_next_call_finds_the_master_again(tmp_path):
+    with redis_server(tmp_path / "master") as master, redis_server(tmp_path / "replica") as replica:
+        link = link_to(replica.url)
+        try:
+            before = await link.execute("CLIENT", "ID")
+            await link.execute("REPLICAOF", "127.0.0.1", master.port)  # as a failover demotes a master
+            with pytest.raises(ReadOnlyError):
+                await link.execute("SET", "k", "v")
+            assert await link.execute("CLIENT", "ID") != before  # connected again
+        finally:
+            await link.aclose()
