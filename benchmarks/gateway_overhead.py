@@ -7,12 +7,14 @@ directly (round robin) and the gateway, so both paths see the same moment of the
 the arrival of the first SSE event. Bounded in time; prints percentiles and their differences.
 
 With `--floor`, a third path takes its turn: a pass-through proxy on the same HTTP stack as the gateway
-(`benchmarks/passthrough_proxy.py`: uvicorn in, aiohttp out, nothing else), so the hop's own cost on
-this machine and what kvgate's work adds on top of it are told apart in the same run. The total rate is
-then 1.5 times `--rate`, so the gateway still gets half of `--rate`.
+(`benchmarks/passthrough_proxy.py`: uvicorn in, the gateway's replica client out, nothing else), so the
+hop's own cost on this machine and what kvgate's work adds on top of it are told apart in the same run.
+`--floor-aiohttp` adds the same pass-through with an aiohttp session out, the client the gateway used
+before. Every path gets half of `--rate`, so the gateway's load is the same in every mode.
 
     python benchmarks/gateway_overhead.py                 # 200 requests/s for 60 s, 4 replicas
     python benchmarks/gateway_overhead.py --floor         # and the pass-through proxy beside them
+    python benchmarks/gateway_overhead.py --floor --floor-aiohttp   # and one with aiohttp out
 """
 
 from __future__ import annotations
@@ -105,11 +107,11 @@ async def drive(paths: dict[str, list[str]], rate: float, seconds: float, warmup
 
 
 @contextmanager
-def passthrough_proxy(upstreams: list[str]):
+def passthrough_proxy(upstreams: list[str], client: str):
     """benchmarks/passthrough_proxy.py in its own process; yields its URL once it accepts requests."""
     port = free_port()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "passthrough_proxy.py")
-    process = subprocess.Popen([sys.executable, script, str(port), ",".join(upstreams)])
+    process = subprocess.Popen([sys.executable, script, str(port), ",".join(upstreams), client])
     try:
         wait_for_port(port, timeout=30, process=process)  # uvicorn listens once its startup is done
         yield process, f"http://127.0.0.1:{port}"
@@ -129,18 +131,25 @@ def main() -> int:
     parser.add_argument("--time-scale", type=float, default=1000.0)
     parser.add_argument("--policy", default="affinity")
     parser.add_argument("--floor", action="store_true", help="also the pass-through proxy, as a third path")
+    parser.add_argument(
+        "--floor-aiohttp", action="store_true", help="also the pass-through proxy with aiohttp out"
+    )
     args = parser.parse_args()
 
     sim_args = ["--time-scale", str(args.time_scale), "--max-model-len", "16384", "--hbm-blocks", "20000"]
     with SimProcess(replicas=args.replicas, extra_args=sim_args) as sim, ExitStack() as stack:
         gateway_args = ["--replicas", ",".join(sim.urls), "--policy", args.policy, "--log-level", "warning"]
         gateway = stack.enter_context(GatewayProcess(extra_args=gateway_args))
-        paths = {"direct": sim.urls, "gateway": [gateway.url]}
+        paths = {"direct": sim.urls}
         processes = {"sim": psutil.Process(sim.pid), "gateway": psutil.Process(gateway.pid)}
-        if args.floor:
-            proxy, proxy_url = stack.enter_context(passthrough_proxy(sim.urls))
-            paths = {"direct": sim.urls, "floor": [proxy_url], "gateway": [gateway.url]}
-            processes["floor"] = psutil.Process(proxy.pid)
+        floors = {"floor": "kvgate"} if args.floor else {}
+        if args.floor_aiohttp:
+            floors["floor-aiohttp"] = "aiohttp"
+        for name, client in floors.items():
+            proxy, proxy_url = stack.enter_context(passthrough_proxy(sim.urls, client))
+            paths[name] = [proxy_url]
+            processes[name] = psutil.Process(proxy.pid)
+        paths["gateway"] = [gateway.url]
         processes["client"] = psutil.Process()
         rate = args.rate * len(paths) / 2
         before = {name: p.cpu_times() for name, p in processes.items()}
@@ -163,7 +172,7 @@ def main() -> int:
         ("e2e p50", 11),
         ("p99", 10),
     )
-    print(" " * 10 + "".join(f"{name:>{width}}" for name, width in columns))
+    print(" " * 14 + "".join(f"{name:>{width}}" for name, width in columns))
     rows = {}
     for path in paths:
         ttft = [r[0] * 1e3 for r in results[path]]
@@ -171,15 +180,17 @@ def main() -> int:
         rows[path] = {q: percentile(ttft, q) for q in (0.5, 0.9, 0.99)}
         rows[path] |= {"e2e50": percentile(e2e, 0.5), "e2e99": percentile(e2e, 0.99)}
         row = rows[path]
-        print(f"{path:10}{len(ttft):>10}{failures[path]:>8}{row[0.5]:>10.2f}ms{row[0.9]:>8.2f}ms{row[0.99]:>8.2f}ms"
+        print(f"{path:14}{len(ttft):>10}{failures[path]:>8}{row[0.5]:>10.2f}ms{row[0.9]:>8.2f}ms{row[0.99]:>8.2f}ms"
               f"{row['e2e50']:>9.2f}ms{row['e2e99']:>8.2f}ms")  # fmt: skip
 
     def difference(label: str, path: str, baseline: str) -> None:
         added = {q: rows[path][q] - rows[baseline][q] for q in (0.5, 0.9, 0.99)}
-        print(f"{label:28}{added[0.5]:>+10.2f}ms{added[0.9]:>+8.2f}ms{added[0.99]:>+8.2f}ms")
+        print(f"{label:32}{added[0.5]:>+10.2f}ms{added[0.9]:>+8.2f}ms{added[0.99]:>+8.2f}ms")
 
     difference("added (gateway - direct)", "gateway", "direct")
-    if args.floor:
+    if "floor-aiohttp" in paths:
+        difference("hop, aiohttp out", "floor-aiohttp", "direct")
+    if "floor" in paths:
         difference("the hop (floor - direct)", "floor", "direct")
         difference("kvgate's work (gw - floor)", "gateway", "floor")
     print("CPU share of one core: " + ", ".join(f"{name} {share:.0%}" for name, share in cpu.items()))

@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.errors import APIError
 from gateway.health import ReplicaMonitor
 from gateway.metrics import GatewayMetrics
+from gateway.replica_http import ConnectFailed, Response, UpstreamError
 from gateway.request import InferenceRequest
 from gateway.router import Decision, Dispatch, Router
 from gateway.sse import SSERelay, cached_tokens
@@ -128,11 +128,13 @@ class Proxy:
     ) -> Reply:
         replica = dispatch.replica
         try:
-            upstream = await self.upstream.session.post(replica.url + path, data=body, headers=headers)
+            upstream = await self.upstream.proxied.post(replica.url, path, body, headers)
         except TimeoutError as exc:
             raise _RetryableFailure("timeout", str(exc) or "timed out") from None
-        except aiohttp.ClientError as exc:
-            raise _RetryableFailure("connect", str(exc) or type(exc).__name__) from None
+        except ConnectFailed as exc:
+            raise _RetryableFailure("connect", str(exc)) from None
+        except UpstreamError as exc:
+            raise _RetryableFailure("read", str(exc)) from None
 
         try:
             if upstream.status >= 500:
@@ -143,19 +145,18 @@ class Proxy:
                     Reply(upstream.status, _response_headers(upstream), content),
                 )
             if request.stream and upstream.status == 200:
-                first = await upstream.content.readany()
+                first = await upstream.read_chunk()
                 if not first:
                     raise _RetryableFailure("read", "the stream ended before its first byte")
             else:
                 content = await upstream.read()
         except BaseException as exc:
             upstream.close()
-            if isinstance(exc, aiohttp.ClientError | TimeoutError):
+            if isinstance(exc, UpstreamError | TimeoutError):
                 raise _RetryableFailure("read", str(exc) or type(exc).__name__) from None
             raise
 
         if not request.stream or upstream.status != 200:
-            upstream.release()
             dispatch.close()
             now = time.monotonic()
             if upstream.status == 200:
@@ -176,7 +177,7 @@ class Proxy:
     async def _relay(
         self,
         first: bytes,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         relay: SSERelay,
         decision: Decision,
         dispatch: Dispatch,
@@ -184,7 +185,6 @@ class Proxy:
     ) -> AsyncIterator[bytes]:
         itl = self.metrics.itl.labels(decision.model, dispatch.replica.name)
         last_event_at = 0.0
-        complete = False
         try:
             data = first
             while data:
@@ -197,24 +197,20 @@ class Proxy:
                         itl.observe(now - last_event_at)
                     last_event_at = now
                     yield out
-                data = await upstream.content.readany()
+                data = await upstream.read_chunk()
             tail = relay.flush()
             if tail:
                 yield tail
-            complete = True
             self._latency(decision, dispatch).observe(time.monotonic() - arrived)
             self._record_usage(decision, dispatch, relay.usage)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             self.metrics.upstream_errors.labels(dispatch.replica.name, "midstream").inc()
             self.monitor.report_failure(dispatch.replica, "midstream")
             log.warning("replica %s failed mid-stream: %s", dispatch.replica.name, exc)
             yield APIError(502, f"The replica serving this stream failed: {type(exc).__name__}").sse()
         finally:
             dispatch.close()
-            if complete:
-                upstream.release()
-            else:  # the client left or the replica failed: drop the connection so the engine aborts
-                upstream.close()
+            upstream.close()  # unless complete: the client left or the replica failed, and the engine aborts
 
     def _record_first_token(self, decision: Decision, dispatch: Dispatch, ttft_s: float) -> None:
         self.metrics.ttft.labels(decision.model, dispatch.replica.name).observe(ttft_s)
@@ -249,5 +245,5 @@ def _usage_of(content: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+def _response_headers(upstream: Response) -> dict[str, str]:
     return {name: upstream.headers[name] for name in _FORWARDED_RESPONSE_HEADERS if name in upstream.headers}
