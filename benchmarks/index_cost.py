@@ -144,8 +144,8 @@ async def decision_latency(args: argparse.Namespace, redis_url: str) -> None:
             for other in range(args.other_prompts):
                 body = orjson.dumps(chat(1 + i * args.other_prompts + other, args.prompt_tokens // 4))
                 other_hashes = (await hasher.blocks(parse_request("chat", body), MODEL)).hashes
-                await gateway.index.record(MODEL, name, other_hashes)
-            await gateway.index.record(MODEL, name, hashes[: len(hashes) * (i + 1) // (len(names) + 1)])
+                gateway.index.record(MODEL, name, other_hashes)
+            gateway.index.record(MODEL, name, hashes[: len(hashes) * (i + 1) // (len(names) + 1)])
         flush = getattr(gateway.index, "flush", None)
         if flush is not None:
             await flush(timeout_s=30.0)

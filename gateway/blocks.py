@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import xxhash
@@ -65,6 +66,7 @@ class BlockHasher(Protocol):
     async def blocks(self, request: InferenceRequest, model: str) -> PromptBlocks: ...
 
 
+@lru_cache(maxsize=4096)
 def chain_seed(model: str, cache_salt: str | None, tenant: str) -> int:
     return _hash(f"{model}\0{cache_salt or ''}\0{tenant}".encode())
 

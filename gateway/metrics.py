@@ -6,6 +6,9 @@ models and replicas come from configuration or discovery, reasons and outcomes f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -19,8 +22,25 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
 DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaSeries:
+    """One model's per-request series on one replica."""
+
+    ttft: Any
+    itl: Any
+    e2e: Any
+    prompt_tokens: Any
+    cached_tokens: Any
+    predicted_cached_tokens: Any
+    prediction_error_tokens: Any
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
+        # labelled series looked up once: prometheus-client's labels() takes a lock and checks and
+        # builds its key on every call, and a request would make a dozen such calls
+        self._series: dict[tuple[str, str], ReplicaSeries] = {}
+        self._labelled: dict[tuple[Any, ...], Any] = {}
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "kvgate_requests",
@@ -98,6 +118,38 @@ class GatewayMetrics:
             ["op"],
             registry=registry,
         )
+
+    def series(self, model: str, replica: str) -> ReplicaSeries:
+        series = self._series.get((model, replica))
+        if series is None:
+            series = self._series[(model, replica)] = ReplicaSeries(
+                *(
+                    metric.labels(model, replica)
+                    for metric in (
+                        self.ttft,
+                        self.itl,
+                        self.e2e,
+                        self.prompt_tokens,
+                        self.cached_tokens,
+                        self.predicted_cached_tokens,
+                        self.prediction_error_tokens,
+                    )
+                )
+            )
+        return series
+
+    def request_routed(self, model: str, replica: str, policy: str, reason: str) -> None:
+        self._child(self.requests, model, replica, policy, reason).inc()
+
+    def response_sent(self, model: str, code: int) -> None:
+        self._child(self.responses, model, str(code)).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._labelled.get(key)
+        if child is None:
+            child = self._labelled[key] = metric.labels(*labels)
+        return child
 
     def register_replicas(self, replicas) -> None:
         """Export each replica's in-flight requests, queued prefill and health, read when scraped."""

@@ -13,13 +13,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 
 from gateway.errors import APIError
 from gateway.health import ReplicaMonitor
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, ReplicaSeries
 from gateway.replica_http import ConnectFailed, Response, UpstreamError
 from gateway.request import InferenceRequest
 from gateway.router import Decision, Dispatch, Router
@@ -80,7 +81,7 @@ class Proxy:
         attempts = decision.ranking.replicas[: 1 + self.max_retries]
         last_failure: _RetryableFailure | None = None
         for attempt, replica in enumerate(attempts):
-            dispatch = await self.router.dispatch(decision, replica, attempt)
+            dispatch = self.router.dispatch(decision, replica, attempt)
             try:
                 response = await self._attempt(
                     path, body, upstream_headers, request, decision, dispatch, arrived
@@ -98,12 +99,12 @@ class Proxy:
                 dispatch.close()
                 raise
             self.monitor.report_success(replica)
-            self.metrics.responses.labels(decision.model, str(response.status)).inc()
+            self.metrics.response_sent(decision.model, response.status)
             return response
         if last_failure is not None and last_failure.response is not None:
-            self.metrics.responses.labels(decision.model, str(last_failure.response.status)).inc()
+            self.metrics.response_sent(decision.model, last_failure.response.status)
             return last_failure.response
-        self.metrics.responses.labels(decision.model, "502").inc()
+        self.metrics.response_sent(decision.model, 502)
         detail = f"{last_failure.kind}: {last_failure}" if last_failure else "no replica to try"
         raise APIError(502, f"No replica could serve the request ({len(attempts)} tried; last: {detail}).")
 
@@ -128,7 +129,9 @@ class Proxy:
     ) -> Reply:
         replica = dispatch.replica
         try:
-            upstream = await self.upstream.proxied.post(replica.url, path, body, headers)
+            upstream = await self.upstream.proxied.post(
+                replica.url, path, body, headers, on_sent=partial(self.router.record, decision, replica)
+            )
         except TimeoutError as exc:
             raise _RetryableFailure("timeout", str(exc) or "timed out") from None
         except ConnectFailed as exc:
@@ -160,9 +163,10 @@ class Proxy:
             dispatch.close()
             now = time.monotonic()
             if upstream.status == 200:
-                self._record_first_token(decision, dispatch, now - arrived)
-                self._record_usage(decision, dispatch, _usage_of(content))
-                self._latency(decision, dispatch).observe(now - arrived)
+                series = self.metrics.series(decision.model, replica.name)
+                self._record_first_token(series, dispatch, now - arrived)
+                self._record_usage(series, dispatch, _usage_of(content))
+                series.e2e.observe(now - arrived)
             return Reply(upstream.status, _response_headers(upstream), content)
 
         relay = SSERelay(strip_usage=not request.client_wants_usage)
@@ -183,7 +187,7 @@ class Proxy:
         dispatch: Dispatch,
         arrived: float,
     ) -> AsyncIterator[bytes]:
-        itl = self.metrics.itl.labels(decision.model, dispatch.replica.name)
+        series = self.metrics.series(decision.model, dispatch.replica.name)
         last_event_at = 0.0
         try:
             data = first
@@ -191,18 +195,19 @@ class Proxy:
                 out = relay.feed(data)
                 if out:
                     now = time.monotonic()
-                    if last_event_at == 0.0:
-                        self._record_first_token(decision, dispatch, now - arrived)
-                    else:
-                        itl.observe(now - last_event_at)
-                    last_event_at = now
                     yield out
+                    # recorded once the event is on its way to the client, so as not to delay it
+                    if last_event_at == 0.0:
+                        self._record_first_token(series, dispatch, now - arrived)
+                    else:
+                        series.itl.observe(now - last_event_at)
+                    last_event_at = now
                 data = await upstream.read_chunk()
             tail = relay.flush()
             if tail:
                 yield tail
-            self._latency(decision, dispatch).observe(time.monotonic() - arrived)
-            self._record_usage(decision, dispatch, relay.usage)
+            series.e2e.observe(time.monotonic() - arrived)
+            self._record_usage(series, dispatch, relay.usage)
         except (UpstreamError, TimeoutError) as exc:
             self.metrics.upstream_errors.labels(dispatch.replica.name, "midstream").inc()
             self.monitor.report_failure(dispatch.replica, "midstream")
@@ -212,28 +217,22 @@ class Proxy:
             dispatch.close()
             upstream.close()  # unless complete: the client left or the replica failed, and the engine aborts
 
-    def _record_first_token(self, decision: Decision, dispatch: Dispatch, ttft_s: float) -> None:
-        self.metrics.ttft.labels(decision.model, dispatch.replica.name).observe(ttft_s)
+    def _record_first_token(self, series: ReplicaSeries, dispatch: Dispatch, ttft_s: float) -> None:
+        series.ttft.observe(ttft_s)
         self.router.observe_first_token(dispatch, ttft_s)
 
-    def _latency(self, decision: Decision, dispatch: Dispatch):
-        return self.metrics.e2e.labels(decision.model, dispatch.replica.name)
-
-    def _record_usage(self, decision: Decision, dispatch: Dispatch, usage: dict[str, Any] | None) -> None:
+    def _record_usage(self, series: ReplicaSeries, dispatch: Dispatch, usage: dict[str, Any] | None) -> None:
         if not usage:
             return
-        replica = dispatch.replica.name
         prompt = usage.get("prompt_tokens")
         if isinstance(prompt, int):
-            self.metrics.prompt_tokens.labels(decision.model, replica).inc(prompt)
+            series.prompt_tokens.inc(prompt)
         cached = cached_tokens(usage)
         if cached is None:
             return
-        self.metrics.cached_tokens.labels(decision.model, replica).inc(cached)
-        self.metrics.predicted_cached_tokens.labels(decision.model, replica).inc(dispatch.cached_tokens)
-        self.metrics.prediction_error_tokens.labels(decision.model, replica).inc(
-            abs(dispatch.cached_tokens - cached)
-        )
+        series.cached_tokens.inc(cached)
+        series.predicted_cached_tokens.inc(dispatch.cached_tokens)
+        series.prediction_error_tokens.inc(abs(dispatch.cached_tokens - cached))
 
 
 def _usage_of(content: bytes) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -188,7 +189,7 @@ class _Connection(asyncio.Protocol):
 
     # ---- used by the client and its responses ---------------------------------------------------------
 
-    async def exchange(self, head: bytes, body: bytes) -> Response:
+    async def exchange(self, head: bytes, body: bytes, on_sent: Callable[[], None] | None) -> Response:
         """Send one request and wait for its status and headers."""
         assert self.transport is not None
         self._response = Response(self)
@@ -201,6 +202,8 @@ class _Connection(asyncio.Protocol):
         else:
             self.transport.write(head)
             self.transport.write(body)
+        if on_sent is not None:
+            on_sent()
         timer = self.client._loop.call_later(self.client.read_timeout_s, self._timed_out, waiter)
         try:
             return await waiter
@@ -292,8 +295,17 @@ class ReplicaClient:
         self._tls: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, from the first request
 
-    async def post(self, url: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
-        """POST `body` to `url` + `path`; returns once the status and headers are in."""
+    async def post(
+        self,
+        url: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        on_sent: Callable[[], None] | None = None,
+    ) -> Response:
+        """POST `body` to `url` + `path`; returns once the status and headers are in. `on_sent` (which
+        must not raise) is called once, as soon as the request has been handed to the socket: work
+        that need not delay the request is done there, while the replica computes."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         origin = self._origins.get(url)
@@ -303,13 +315,14 @@ class ReplicaClient:
         connection = self._idle_connection(origin)
         if connection is not None:
             try:
-                return await connection.exchange(head, body)
+                return await connection.exchange(head, body, on_sent)
             except ConnectionLost:
                 if not connection.failed_before_answering():
                     raise
                 # the replica closed the idle connection as the request went out: once more, on a new one
+                on_sent = None  # called already
         connection = await self._connect(origin)
-        return await connection.exchange(head, body)
+        return await connection.exchange(head, body, on_sent)
 
     async def aclose(self) -> None:
         for connections in list(self._idle.values()):

@@ -107,10 +107,10 @@ class Router:
         self._decision_time.observe(time.perf_counter() - started)
         return Decision(model, blocks, context, ranking)
 
-    async def dispatch(self, decision: Decision, replica: Replica, attempt: int) -> Dispatch:
-        """Account for sending the request to `replica` and teach the index that it will hold the prompt."""
+    def dispatch(self, decision: Decision, replica: Replica, attempt: int) -> Dispatch:
+        """Account for sending the request to `replica`: the load it adds there."""
         reason = decision.ranking.reason if attempt == 0 else "retry"
-        self.metrics.requests.labels(decision.model, replica.name, self.policy.name, reason).inc()
+        self.metrics.request_routed(decision.model, replica.name, self.policy.name, reason)
         blocks = decision.blocks
         cached = predicted_cached_tokens(decision.context, replica)
         new = max(1.0, blocks.prompt_tokens - cached)
@@ -119,13 +119,17 @@ class Router:
         prefill_s = self.profile.prefill.chunk_seconds(new, cached)
         estimate = next((e for e in decision.ranking.estimates if e.replica == replica.name), None)
         predicted = estimate.unscaled_s if estimate else replica.load.queued_prefill_seconds + prefill_s
-        dispatch = Dispatch(replica, cached, new, prefill_s, predicted)
+        return Dispatch(replica, cached, new, prefill_s, predicted)
+
+    def record(self, decision: Decision, replica: Replica) -> None:
+        """Teach the index that `replica`, just sent the request, will hold its prompt. Called once the
+        request is on its way, so that a long prompt's index update (0.3 ms for 2,300 blocks) is made
+        while the replica computes rather than before it starts."""
         try:
-            await self.index.record(decision.model, replica.name, blocks.hashes)
+            self.index.record(decision.model, replica.name, decision.blocks.hashes)
         except Exception as exc:
             self.metrics.index_errors.labels("record").inc()
             log.warning("index update failed: %s", exc)
-        return dispatch
 
     def observe_first_token(self, dispatch: Dispatch, ttft_s: float) -> None:
         dispatch.first_token()

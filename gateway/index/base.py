@@ -56,8 +56,11 @@ class PrefixIndex(Protocol):
         """Each replica's leading run of `hashes` (replicas that hold none of it may be left out)."""
         ...
 
-    async def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
-        """`replica` was sent a prompt with these blocks: it will hold them in HBM, most recently used."""
+    def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
+        """`replica` was sent a prompt with these blocks: it will hold them in HBM, most recently used.
+
+        Never waits (a shared index queues its writes): the gateway calls it once the request is on
+        its way to the replica, while the replica computes."""
         ...
 
     async def forget_replica(self, replica: str) -> None:

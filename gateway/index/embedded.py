@@ -36,7 +36,7 @@ class EmbeddedIndex:
                     found[replica] = match
         return found
 
-    async def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
+    def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
         self._model(replica).touch(hashes)
 
     async def forget_replica(self, replica: str) -> None:

@@ -175,8 +175,8 @@ class SharedIndex:
                 merged[replica] = best
         return merged
 
-    async def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
-        await self.local.record(model, replica, hashes)
+    def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
+        self.local.record(model, replica, hashes)
         packed = pack(hashes, self.store.stride)
         if not packed:
             return

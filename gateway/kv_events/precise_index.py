@@ -151,7 +151,7 @@ class PreciseIndex:
                 found[replica] = best
         return found
 
-    async def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
+    def record(self, model: str, replica: str, hashes: Sequence[int]) -> None:
         speculative = self._speculative.setdefault(replica, {})
         expiry = time.monotonic() + self.speculative_ttl_s
         speculative.update(zip(hashes, repeat(expiry)))

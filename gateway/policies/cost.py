@@ -81,13 +81,16 @@ class CostModel:
         profile = self.profile
         prompt = blocks.prompt_tokens
         per_block = blocks.tokens_per_block
-        cached = min(match.blocks * per_block, prompt - 1.0)
-        trim = cached / (match.blocks * per_block) if match.blocks else 0.0
-        fetch = (
-            profile.fetch_seconds(match.dram * per_block * trim, Tier.DRAM)
-            + profile.fetch_seconds(match.storage * per_block * trim, Tier.STORAGE)
-            + profile.fetch_seconds(match.shared * per_block * trim, Tier.SHARED)
-        )
+        held = match.blocks
+        cached = min(held * per_block, prompt - 1.0)
+        fetch = 0.0
+        if held != match.hbm:  # some of it is in a lower tier
+            trim = cached / (held * per_block)
+            fetch = (
+                profile.fetch_seconds(match.dram * per_block * trim, Tier.DRAM)
+                + profile.fetch_seconds(match.storage * per_block * trim, Tier.STORAGE)
+                + profile.fetch_seconds(match.shared * per_block * trim, Tier.SHARED)
+            )
         new = prompt - cached
         prefill = profile.prefill.seconds(new, cached)
 

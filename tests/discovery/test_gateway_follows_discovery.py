@@ -76,7 +76,7 @@ async def test_replicas_join_drain_and_leave_with_their_index_entries(
         api.apply("endpointslices", endpoint_slice("vllm-a", pods, ports=ports))
         await joined_and_checked(service, {"vllm-0", "vllm-1", "vllm-2"})
         for name in ("vllm-0", "vllm-1", "vllm-2"):
-            await service.index.record("m", name, [11, 12, 13])
+            service.index.record("m", name, [11, 12, 13])
         assert [blocks_held(service, name) for name in ("vllm-0", "vllm-1", "vllm-2")] == [3, 3, 3]
 
         api.apply(

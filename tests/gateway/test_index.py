@@ -100,8 +100,8 @@ def test_memory_stays_bounded_under_a_random_workload():
 async def test_embedded_index_matches_per_replica_and_forgets_a_replica():
     index = EmbeddedIndex(TierCapacity(hbm=1000))
     prompt = chain(1, 50)
-    await index.record("m", "a", prompt)
-    await index.record("m", "b", prompt[:20])
+    index.record("m", "a", prompt)
+    index.record("m", "b", prompt[:20])
     found = await index.match("m", prompt, ["a", "b", "c"])
     assert found == {"a": PrefixMatch(hbm=50), "b": PrefixMatch(hbm=20)}
     await index.forget_replica("a")

@@ -164,7 +164,7 @@ async def test_data_parallel_ranks_and_speculative_entries():
     index.apply("r1", 1, [BlockStored(hashes, None, tokens, BLOCK, Tier.HBM)])
     request_hashes = await request_hashes_of(text)
     assert (await index.match("m", request_hashes, ["r1"]))["r1"].hbm == len(hashes)  # the better rank
-    await index.record("m", "r2", request_hashes)
+    index.record("m", "r2", request_hashes)
     assert (await index.match("m", request_hashes, ["r2"]))["r2"].hbm == len(hashes)
     await asyncio.sleep(0.25)
     assert await index.match("m", request_hashes, ["r2"]) == {}  # no event confirmed it: it expired

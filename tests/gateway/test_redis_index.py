@@ -38,7 +38,7 @@ async def test_a_decision_made_by_one_gateway_routes_the_others(redis_url):
     one, two = gateway_index(RedisConfig(url=redis_url)), gateway_index(RedisConfig(url=redis_url))
     try:
         prompt = chain(1, 100)
-        await one.record("m", "b", prompt)
+        one.record("m", "b", prompt)
         await one.flush()
         seen = await two.match("m", prompt, ["a", "b", "c"])
         assert seen == {"b": PrefixMatch(hbm=96)}  # stride 16: six full groups of the 100 blocks
@@ -54,15 +54,15 @@ async def test_what_other_gateways_pushed_out_is_gone_even_if_the_local_view_rem
     one, two = gateway_index(RedisConfig(url=redis_url)), gateway_index(RedisConfig(url=redis_url))
     try:
         prompt = chain(1, 100)
-        await one.record("m", "b", prompt)
+        one.record("m", "b", prompt)
         await one.flush()
         for tag in range(2, 16):  # 1400 blocks through the other gateway: more than b's 1280
-            await two.record("m", "b", chain(tag, 100))
+            two.record("m", "b", chain(tag, 100))
         await two.flush()
         assert (await one.local.match("m", prompt, ["b"]))["b"].blocks == 100  # the stale local view
         assert await one.match("m", prompt, ["a", "b", "c"]) == {}
         # below Redis's granularity the local view still adds the tail: 100 blocks, not 96
-        await one.record("m", "c", prompt)
+        one.record("m", "c", prompt)
         await one.flush()
         assert (await one.match("m", prompt, ["c"]))["c"].blocks == 100
     finally:
@@ -74,9 +74,9 @@ async def test_capacity_bounds_the_entries_and_older_prompts_fall_to_lower_tiers
     index = gateway_index(RedisConfig(url=redis_url))
     try:
         first = chain(1, 480)
-        await index.record("m", "a", first)
+        index.record("m", "a", first)
         for tag in range(2, 5):
-            await index.record("m", "a", chain(tag, 480))
+            index.record("m", "a", chain(tag, 480))
         await index.flush()
         # 4 x 480 blocks into 640 HBM + 640 DRAM, most recent first: the 4th and 160 blocks of the 3rd
         # in HBM, the rest of the 3rd and 320 blocks of the 2nd in DRAM, the 1st gone
@@ -94,7 +94,7 @@ async def test_capacity_bounds_the_entries_and_older_prompts_fall_to_lower_tiers
 async def test_a_lookup_is_one_round_trip_whatever_the_prompt_length(redis_url, redis_process):
     index = gateway_index(RedisConfig(url=redis_url))
     try:
-        await index.record("m", "a", chain(1, 2048))
+        index.record("m", "a", chain(1, 2048))
         await index.flush()
         await index.match("m", chain(1, 16), ["a"])  # loads the script if Redis does not have it yet
         stats = Redis.from_url(redis_url)
@@ -112,10 +112,10 @@ async def test_a_lookup_is_one_round_trip_whatever_the_prompt_length(redis_url, 
 async def test_writes_go_on_after_redis_forgets_its_scripts(redis_url):
     index = gateway_index(RedisConfig(url=redis_url))
     try:
-        await index.record("m", "a", chain(1, 64))
+        index.record("m", "a", chain(1, 64))
         await index.flush()
         await Redis.from_url(redis_url).script_flush()
-        await index.record("m", "b", chain(2, 64))
+        index.record("m", "b", chain(2, 64))
         await index.flush()
         assert await index.store.entries("m", "b") == 4
         assert metric(index, "up") == 1
@@ -126,7 +126,7 @@ async def test_writes_go_on_after_redis_forgets_its_scripts(redis_url):
 async def test_a_replica_that_leaves_has_its_entries_dropped(redis_url):
     index = gateway_index(RedisConfig(url=redis_url))
     try:
-        await index.record("m", "a", chain(1, 64))
+        index.record("m", "a", chain(1, 64))
         await index.flush()
         await index.forget_replica("a")
         assert await index.store.entries("m", "a") == 0
@@ -140,11 +140,11 @@ async def test_redis_down_routes_from_the_local_view_and_catches_up(tmp_path):
         index = gateway_index(RedisConfig(url=server.url))
         observer = gateway_index(RedisConfig(url=server.url))
         before = chain(1, 64)
-        await index.record("m", "a", before)
+        index.record("m", "a", before)
         await index.flush()
         server.stop()
         during = chain(2, 64)
-        await index.record("m", "b", during)  # queued: Redis is down
+        index.record("m", "b", during)  # queued: Redis is down
         for _ in range(5):
             assert (await index.match("m", during, ["a", "b"]))["b"].blocks == 64  # the local view answers
         assert metric(index, "up") == 0 and metric(index, "fallbacks") >= 5
@@ -163,7 +163,7 @@ async def test_password_from_a_file(tmp_path):
     secret.write_text("s3cret\n")
     with redis_server(tmp_path / "r", "--requirepass", "s3cret") as server:
         index = gateway_index(RedisConfig(url=server.url, password_file=str(secret)))
-        await index.record("m", "a", chain(1, 32))
+        index.record("m", "a", chain(1, 32))
         await index.flush()
         assert (await index.match("m", chain(1, 32), ["a"]))["a"].blocks == 32
         await index.close()
@@ -189,7 +189,7 @@ async def test_tls(tmp_path):
     ]
     with redis_server(tmp_path / "r", *tls, port=port):
         index = gateway_index(RedisConfig(url=f"rediss://127.0.0.1:{port}/0", tls_ca_file=str(files["ca"])))
-        await index.record("m", "a", chain(1, 32))
+        index.record("m", "a", chain(1, 32))
         await index.flush()
         assert (await index.match("m", chain(1, 32), ["a"]))["a"].blocks == 32
         await index.close()
@@ -200,7 +200,7 @@ async def test_sentinel(tmp_path):
         index = gateway_index(
             RedisConfig(sentinels=[f"127.0.0.1:{sentinel_port}"], sentinel_service="mymaster")
         )
-        await index.record("m", "a", chain(1, 32))
+        index.record("m", "a", chain(1, 32))
         await index.flush()
         assert (await index.match("m", chain(1, 32), ["a"]))["a"].blocks == 32
         await index.close()
@@ -211,7 +211,7 @@ async def test_cluster_keeps_a_models_keys_in_one_slot(tmp_path):
         config = RedisConfig(url=nodes[0].url, cluster=True)
         one, two = gateway_index(config), gateway_index(config)
         for model in ("llama", "qwen", "mistral"):
-            await one.record(model, "a", chain(1, 48))
+            one.record(model, "a", chain(1, 48))
             await one.flush()
             assert (await two.match(model, chain(1, 48), ["a", "b"]))["a"].blocks == 48
         keys = (one.store.replica_key("llama", "a"), one.store.clock_key("llama"))
@@ -233,7 +233,7 @@ async def test_slow_redis_counts_as_down(tmp_path):
         index.lookup_timeout_s = 0.05
         blocker = Redis.from_url(server.url, socket_timeout=5)
         try:
-            await index.record("m", "a", chain(1, 32))
+            index.record("m", "a", chain(1, 32))
             slow = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "0.3"))
             await asyncio.sleep(0.02)
             found = await asyncio.wait_for(index.match("m", chain(1, 32), ["a"]), 1.0)
@@ -250,7 +250,7 @@ async def test_a_hung_redis_costs_one_probe_per_back_off_whatever_the_concurrenc
         index = gateway_index(RedisConfig(url=server.url))
         index.lookup_timeout_s = 0.05
         hashes = chain(1, 64)
-        await index.record("m", "a", hashes)
+        index.record("m", "a", hashes)
         await index.flush()
         server.process.send_signal(signal.SIGSTOP)  # hangs: every call runs into its timeout
         try:

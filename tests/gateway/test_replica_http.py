@@ -163,9 +163,11 @@ async def test_a_connection_the_replica_closed_while_idle_is_replaced_without_fa
         try:
             first = await replicas.post(url, "/v1/completions", b"{}", JSON)
             assert await first.read() == b"ok"
-            second = await replicas.post(url, "/v1/completions", b"{}", JSON)
+            sent = []
+            second = await replicas.post(url, "/v1/completions", b"{}", JSON, on_sent=lambda: sent.append(1))
             assert await second.read() == b"ok"
             assert len(connections) == 2
+            assert sent == [1]  # written twice, told once
         finally:
             await replicas.aclose()
 
@@ -219,9 +221,12 @@ async def test_a_replica_that_never_answers_times_out_before_the_headers():
 
 async def test_a_refused_connection_is_a_connect_failure():
     replicas = client()
+    sent = []
     with pytest.raises(ConnectFailed, match="cannot connect"):
-        await replicas.post(f"http://127.0.0.1:{free_port()}", "/v1/completions", b"{}", JSON)
+        url = f"http://127.0.0.1:{free_port()}"
+        await replicas.post(url, "/v1/completions", b"{}", JSON, on_sent=lambda: sent.append(1))
     assert replicas._open == 0
+    assert sent == []  # nothing went out
 
 
 async def test_a_replica_dying_mid_body_is_a_lost_connection_and_garbage_is_an_upstream_error():
