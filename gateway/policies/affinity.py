@@ -57,12 +57,11 @@ class AffinityPolicy:
         estimates = {
             r.name: self.cost.estimate(r, context.match_of(r), context.blocks, now) for r in candidates
         }
+        work_weight = settings.work_weight * self.cost.pool_scale
         for estimate in estimates.values():
             # the prefill a choice adds delays whatever queues behind it there: a holder with a short
             # queue beats a cold replica whose TTFT is only a little lower
-            estimate.score_s = (
-                estimate.ttft_s + settings.work_weight * estimate.prefill_s * self.cost.pool_scale
-            )
+            estimate.score_s = estimate.ttft_s + work_weight * estimate.prefill_s
         self._guard(candidates, estimates)
         ordered = self._cheapest_first(
             [r for r in candidates if not estimates[r.name].guarded], estimates, context, now
@@ -119,11 +118,15 @@ class AffinityPolicy:
             return []
         by_cost = sorted(replicas, key=lambda r: estimates[r.name].score_s)
         limit = estimates[by_cost[0].name].score_s * (1 + self.settings.tie_tolerance)
-        tied = rendezvous_order(
-            [r for r in by_cost if estimates[r.name].score_s <= limit], context.prefix_key
-        )
-        tied.sort(
-            key=lambda r: (-estimates[r.name].cached_tokens, r.load.recent_requests(now), r.outstanding())
-        )
+        tied = [r for r in by_cost if estimates[r.name].score_s <= limit]
+        if len(tied) > 1:
+            tied = rendezvous_order(tied, context.prefix_key)
+            tied.sort(
+                key=lambda r: (
+                    -estimates[r.name].cached_tokens,
+                    r.load.recent_requests(now),
+                    r.outstanding(),
+                )
+            )
         rest = [r for r in by_cost if estimates[r.name].score_s > limit]
         return tied + rest
