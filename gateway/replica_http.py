@@ -51,7 +51,8 @@ class _Origin:
 
     @property
     def host_header(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        return f"{host}:{self.port}"
 
 
 def _origin_of(url: str) -> _Origin:
@@ -345,7 +346,8 @@ class ReplicaClient:
         now = time.monotonic()
         while idle:
             connection = idle.pop()
-            if connection.closed:
+            if connection.closed or connection.transport is None or connection.transport.is_closing():
+                connection.abort()
                 continue
             if now - connection.idle_since > self.idle_timeout_s:
                 connection.abort()

@@ -14,6 +14,7 @@ from gateway.replica_http import (
     ConnectionLost,
     ReplicaClient,
     UpstreamError,
+    _origin_of,
 )
 from loadtest.process import free_port
 
@@ -109,6 +110,14 @@ async def test_a_replica_url_with_a_path_prefix_keeps_it():
             assert await response.read() == b"POST;/engine-a/v1/completions;{};"
         finally:
             await replicas.aclose()
+
+
+def test_replica_urls_give_host_headers_and_base_paths_and_bad_ones_are_refused():
+    origin = _origin_of("http://[::1]:8000/engine/")
+    assert (origin.host, origin.host_header, origin.base_path) == ("::1", "[::1]:8000", "/engine")
+    assert _origin_of("https://vllm.example").host_header == "vllm.example:443"
+    with pytest.raises(ValueError, match="not an http"):
+        _origin_of("unix:///run/vllm.sock")
 
 
 async def test_chunks_reach_the_reader_as_they_arrive_not_at_the_end():
