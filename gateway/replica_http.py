@@ -122,8 +122,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.counted_out = False
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = httptools.HttpResponseParser(self)  # llhttp starts afresh after each response
         self._response: Response | None = None
         self._headers_waiter: asyncio.Future[Response] | None = None
         self._header_list: list[tuple[str, str]] = []
@@ -147,8 +146,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.client._forget(self)
+        self._mark_closed()
         response = self._response
         if response is not None and self._read_to_close(response):
             self._on_complete(response)  # a body that ends where the connection does
@@ -196,7 +194,6 @@ class _Connection(asyncio.Protocol):
         self._response = Response(self)
         self._header_list = []
         self._received_any = False
-        self._parser = httptools.HttpResponseParser(self)
         waiter = self._headers_waiter = self.client._loop.create_future()
         if len(body) < 65536:  # one write, one segment; a large body is not copied
             self.transport.write(head + body)
@@ -205,6 +202,18 @@ class _Connection(asyncio.Protocol):
             self.transport.write(body)
         if on_sent is not None:
             on_sent()
+        return await self._within_read_timeout(waiter)
+
+    async def wait(self, response: Response) -> None:
+        """Until more of the body, its end or an error; TimeoutError after the read timeout."""
+        waiter = response._waiter = self.client._loop.create_future()
+        try:
+            await self._within_read_timeout(waiter)
+        finally:
+            response._waiter = None
+
+    async def _within_read_timeout(self, waiter: asyncio.Future):
+        """The replica's next bytes, or TimeoutError; the connection is aborted if the wait ends early."""
         timer = self.client._loop.call_later(self.client.read_timeout_s, self._timed_out, waiter)
         try:
             return await waiter
@@ -214,30 +223,22 @@ class _Connection(asyncio.Protocol):
         finally:
             timer.cancel()
 
-    async def wait(self, response: Response) -> None:
-        """Until more of the body, its end or an error; TimeoutError after the read timeout."""
-        waiter = response._waiter = self.client._loop.create_future()
-        timer = self.client._loop.call_later(self.client.read_timeout_s, self._timed_out, waiter)
-        try:
-            await waiter
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            timer.cancel()
-            response._waiter = None
-
     def resume(self) -> None:
         if self._paused and self.transport is not None and not self.closed:
             self._paused = False
             self.transport.resume_reading()
 
     def abort(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.client._forget(self)
-            if self.transport is not None:
-                self.transport.abort()
+        if self._mark_closed() and self.transport is not None:
+            self.transport.abort()
+
+    def _mark_closed(self) -> bool:
+        """True the first time, when the connection's slot is given back."""
+        if self.closed:
+            return False
+        self.closed = True
+        self.client._forget(self)
+        return True
 
     def failed_before_answering(self) -> bool:
         return not self._received_any
@@ -346,10 +347,9 @@ class ReplicaClient:
         now = time.monotonic()
         while idle:
             connection = idle.pop()
-            if connection.closed or connection.transport is None or connection.transport.is_closing():
-                connection.abort()
-                continue
-            if now - connection.idle_since > self.idle_timeout_s:
+            transport = connection.transport
+            stale = now - connection.idle_since > self.idle_timeout_s
+            if stale or transport is None or transport.is_closing():
                 connection.abort()
                 continue
             return connection
@@ -382,7 +382,8 @@ class ReplicaClient:
     async def _take_slot(self) -> None:
         while self._open >= self.max_connections:
             if not self._close_an_idle_connection():
-                waiter = asyncio.get_running_loop().create_future()
+                assert self._loop is not None
+                waiter = self._loop.create_future()
                 self._slot_waiters.append(waiter)
                 try:
                     await waiter
@@ -401,24 +402,20 @@ class ReplicaClient:
 
     def _close_an_idle_connection(self) -> bool:
         for connections in self._idle.values():
-            while connections:
-                connection = connections.pop(0)
-                if not connection.closed:
-                    connection.abort()
-                    return True
+            if connections:
+                connections.pop(0).abort()  # the longest idle
+                return True
         return False
 
     def _park(self, connection: _Connection) -> None:
-        connection.idle_since = time.monotonic()
-        self._idle.setdefault(connection.origin, []).append(connection)
         if self._slot_waiters:  # a request waits for a connection to another replica: free this one
             connection.abort()
+            return
+        connection.idle_since = time.monotonic()
+        self._idle.setdefault(connection.origin, []).append(connection)
 
     def _forget(self, connection: _Connection) -> None:
-        """A connection closed: its slot is free. Called once per connection (abort or lost)."""
-        if connection.counted_out:
-            return
-        connection.counted_out = True
+        """A connection closed (aborted or lost; once per connection): its slot is free."""
         idle = self._idle.get(connection.origin)
         if idle and connection in idle:
             idle.remove(connection)

@@ -28,6 +28,15 @@ def client(**options) -> ReplicaClient:
 
 
 @contextlib.asynccontextmanager
+async def open_client(**options) -> AsyncIterator[ReplicaClient]:
+    replicas = client(**options)
+    try:
+        yield replicas
+    finally:
+        await replicas.aclose()
+
+
+@contextlib.asynccontextmanager
 async def scripted_server(handler: Handler) -> AsyncIterator[tuple[str, list[asyncio.StreamWriter]]]:
     """A TCP server that runs `handler` on each connection; yields its URL and the connections so far."""
     connections: list[asyncio.StreamWriter] = []
@@ -88,28 +97,20 @@ async def echo_app(scope, receive, send) -> None:
 
 
 async def test_requests_reuse_one_keep_alive_connection_and_read_a_chunked_body():
-    async with uvicorn_server(echo_app) as url:
-        replicas = client()
-        try:
-            for turn in range(3):
-                response = await replicas.post(url, "/v1/completions", f"body {turn}".encode(), JSON)
-                assert response.status == 200
-                assert response.headers["x-seen"] == "application/json"
-                assert await response.read() == f"POST;/v1/completions;body {turn};".encode()
-                assert response.complete
-            assert replicas._open == 1  # one connection carried all three
-        finally:
-            await replicas.aclose()
+    async with uvicorn_server(echo_app) as url, open_client() as replicas:
+        for turn in range(3):
+            response = await replicas.post(url, "/v1/completions", f"body {turn}".encode(), JSON)
+            assert response.status == 200
+            assert response.headers["x-seen"] == "application/json"
+            assert await response.read() == f"POST;/v1/completions;body {turn};".encode()
+            assert response.complete
+        assert replicas._open == 1  # one connection carried all three
 
 
 async def test_a_replica_url_with_a_path_prefix_keeps_it():
-    async with uvicorn_server(echo_app) as url:
-        replicas = client()
-        try:
-            response = await replicas.post(url + "/engine-a/", "/v1/completions", b"{}", JSON)
-            assert await response.read() == b"POST;/engine-a/v1/completions;{};"
-        finally:
-            await replicas.aclose()
+    async with uvicorn_server(echo_app) as url, open_client() as replicas:
+        response = await replicas.post(url + "/engine-a/", "/v1/completions", b"{}", JSON)
+        assert await response.read() == b"POST;/engine-a/v1/completions;{};"
 
 
 def test_replica_urls_give_host_headers_and_base_paths_and_bad_ones_are_refused():
@@ -132,16 +133,12 @@ async def test_chunks_reach_the_reader_as_they_arrive_not_at_the_end():
         await writer.drain()
         await reader.read()
 
-    async with scripted_server(streaming) as (url, _):
-        replicas = client()
-        try:
-            response = await replicas.post(url, "/v1/chat/completions", b"{}", JSON)
-            assert await response.read_chunk() == b"first"  # the server is still holding the rest back
-            release.set()
-            assert await response.read_chunk() == b"second"
-            assert await response.read_chunk() == b""
-        finally:
-            await replicas.aclose()
+    async with scripted_server(streaming) as (url, _), open_client() as replicas:
+        response = await replicas.post(url, "/v1/chat/completions", b"{}", JSON)
+        assert await response.read_chunk() == b"first"  # the server is still holding the rest back
+        release.set()
+        assert await response.read_chunk() == b"second"
+        assert await response.read_chunk() == b""
 
 
 async def test_a_body_without_length_ends_where_the_connection_does():
@@ -150,14 +147,10 @@ async def test_a_body_without_length_ends_where_the_connection_does():
         writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
         await writer.drain()
 
-    async with scripted_server(close_delimited) as (url, _):
-        replicas = client()
-        try:
-            response = await replicas.post(url, "/v1/completions", b"{}", JSON)
-            assert await response.read() == b"all of it"
-            assert replicas._open == 0  # not pooled: it is closed
-        finally:
-            await replicas.aclose()
+    async with scripted_server(close_delimited) as (url, _), open_client() as replicas:
+        response = await replicas.post(url, "/v1/completions", b"{}", JSON)
+        assert await response.read() == b"all of it"
+        assert replicas._open == 0  # not pooled: it is closed
 
 
 async def test_a_connection_the_replica_closed_while_idle_is_replaced_without_failing_the_request():
@@ -167,32 +160,24 @@ async def test_a_connection_the_replica_closed_while_idle_is_replaced_without_fa
         await writer.drain()
         await read_request(reader)  # the next request on this connection: closed unanswered (the race)
 
-    async with scripted_server(answer_once_then_drop) as (url, connections):
-        replicas = client()
-        try:
-            first = await replicas.post(url, "/v1/completions", b"{}", JSON)
-            assert await first.read() == b"ok"
-            sent = []
-            second = await replicas.post(url, "/v1/completions", b"{}", JSON, on_sent=lambda: sent.append(1))
-            assert await second.read() == b"ok"
-            assert len(connections) == 2
-            assert sent == [1]  # written twice, told once
-        finally:
-            await replicas.aclose()
+    async with scripted_server(answer_once_then_drop) as (url, connections), open_client() as replicas:
+        first = await replicas.post(url, "/v1/completions", b"{}", JSON)
+        assert await first.read() == b"ok"
+        sent = []
+        second = await replicas.post(url, "/v1/completions", b"{}", JSON, on_sent=lambda: sent.append(1))
+        assert await second.read() == b"ok"
+        assert len(connections) == 2
+        assert sent == [1]  # written twice, told once
 
 
 async def test_a_connection_idle_past_the_timeout_is_not_reused():
-    async with uvicorn_server(echo_app) as url:
-        replicas = client(idle_timeout_s=0.05)
-        try:
-            await (await replicas.post(url, "/a", b"1", JSON)).read()
-            [idle] = replicas._idle.values()
-            old = idle[0]
-            await asyncio.sleep(0.1)
-            await (await replicas.post(url, "/a", b"2", JSON)).read()
-            assert old.closed and replicas._open == 1
-        finally:
-            await replicas.aclose()
+    async with uvicorn_server(echo_app) as url, open_client(idle_timeout_s=0.05) as replicas:
+        await (await replicas.post(url, "/a", b"1", JSON)).read()
+        [idle] = replicas._idle.values()
+        old = idle[0]
+        await asyncio.sleep(0.1)
+        await (await replicas.post(url, "/a", b"2", JSON)).read()
+        assert old.closed and replicas._open == 1
 
 
 async def test_a_replica_that_stops_sending_times_out_and_its_connection_is_dropped():
@@ -202,30 +187,23 @@ async def test_a_replica_that_stops_sending_times_out_and_its_connection_is_drop
         await writer.drain()
         await reader.read()  # until the client gives up
 
-    async with scripted_server(stalls_after_headers) as (url, _):
-        replicas = client(read_timeout_s=0.2)
-        try:
-            response = await replicas.post(url, "/v1/completions", b"{}", JSON)
-            assert await response.read_chunk() == b"one"
-            with pytest.raises(TimeoutError, match=r"sent nothing for 0\.2 s"):
-                await response.read_chunk()
-            assert replicas._open == 0
-        finally:
-            await replicas.aclose()
+    server = scripted_server(stalls_after_headers)
+    async with server as (url, _), open_client(read_timeout_s=0.2) as replicas:
+        response = await replicas.post(url, "/v1/completions", b"{}", JSON)
+        assert await response.read_chunk() == b"one"
+        with pytest.raises(TimeoutError, match=r"sent nothing for 0\.2 s"):
+            await response.read_chunk()
+        assert replicas._open == 0
 
 
 async def test_a_replica_that_never_answers_times_out_before_the_headers():
     async def silent(reader, writer) -> None:
         await reader.read()
 
-    async with scripted_server(silent) as (url, _):
-        replicas = client(read_timeout_s=0.2)
-        try:
-            with pytest.raises(TimeoutError):
-                await replicas.post(url, "/v1/completions", b"{}", JSON)
-            assert replicas._open == 0
-        finally:
-            await replicas.aclose()
+    async with scripted_server(silent) as (url, _), open_client(read_timeout_s=0.2) as replicas:
+        with pytest.raises(TimeoutError):
+            await replicas.post(url, "/v1/completions", b"{}", JSON)
+        assert replicas._open == 0
 
 
 async def test_a_refused_connection_is_a_connect_failure():
@@ -293,16 +271,12 @@ async def test_a_slow_reader_stops_the_socket_being_read_instead_of_buffering_th
             await writer.drain()
         sent.set()
 
-    async with scripted_server(floods) as (url, _):
-        replicas = client()
-        try:
-            response = await replicas.post(url, "/v1/completions", b"{}", JSON)
-            await asyncio.sleep(0.3)  # the server writes as fast as the client lets it
-            assert not sent.is_set()
-            assert response._buffered <= 2 * MAX_BUFFERED_BYTES
-            assert len(await response.read()) == total
-        finally:
-            await replicas.aclose()
+    async with scripted_server(floods) as (url, _), open_client() as replicas:
+        response = await replicas.post(url, "/v1/completions", b"{}", JSON)
+        await asyncio.sleep(0.3)  # the server writes as fast as the client lets it
+        assert not sent.is_set()
+        assert response._buffered <= 2 * MAX_BUFFERED_BYTES
+        assert len(await response.read()) == total
 
 
 async def test_at_the_connection_limit_a_request_waits_for_a_connection_to_free_up():
@@ -317,20 +291,20 @@ async def test_at_the_connection_limit_a_request_waits_for_a_connection_to_free_
         await writer.drain()
         await reader.read()
 
-    async with scripted_server(held_open) as (first, _), uvicorn_server(echo_app) as second:
-        replicas = client(max_connections=1)
-        try:
-            held = await replicas.post(first, "/held", b"", JSON)
-            waiting = asyncio.create_task(replicas.post(second, "/next", b"", JSON))
-            await asyncio.sleep(0.1)
-            assert not waiting.done()  # the one connection still carries the first response
-            release.set()
-            assert await held.read() == b"held"  # complete: its connection is closed for the waiting one
-            response = await asyncio.wait_for(waiting, 2)
-            assert await response.read() == b"POST;/next;;"
-            assert replicas._open == 1
-        finally:
-            await replicas.aclose()
+    async with (
+        scripted_server(held_open) as (first, _),
+        uvicorn_server(echo_app) as second,
+        open_client(max_connections=1) as replicas,
+    ):
+        held = await replicas.post(first, "/held", b"", JSON)
+        waiting = asyncio.create_task(replicas.post(second, "/next", b"", JSON))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # the one connection still carries the first response
+        release.set()
+        assert await held.read() == b"held"  # complete: its connection is closed for the waiting one
+        response = await asyncio.wait_for(waiting, 2)
+        assert await response.read() == b"POST;/next;;"
+        assert replicas._open == 1
 
 
 async def test_a_header_value_with_a_line_break_is_refused_before_anything_is_sent():
