@@ -2,6 +2,8 @@
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
@@ -22,58 +24,54 @@ def link_to(url: str, **options) -> RespLink:
     return link
 
 
-async def test_concurrent_calls_share_one_connection_and_each_gets_its_own_reply(redis_url):
-    link = link_to(redis_url)
+@asynccontextmanager
+async def open_link(url: str, **options) -> AsyncIterator[RespLink]:
+    link = link_to(url, **options)
     try:
-        replies = await asyncio.gather(*(link.execute("ECHO", f"call {i}") for i in range(300)))
-        assert replies == [f"call {i}".encode() for i in range(300)]
-        clients = await link.execute("CLIENT", "LIST")
-        assert clients.count(b"cmd=client") == 1  # this one connection, not one per call
+        yield link
     finally:
         await link.aclose()
 
 
+async def test_concurrent_calls_share_one_connection_and_each_gets_its_own_reply(redis_url):
+    async with open_link(redis_url) as link:
+        replies = await asyncio.gather(*(link.execute("ECHO", f"call {i}") for i in range(300)))
+        assert replies == [f"call {i}".encode() for i in range(300)]
+        clients = await link.execute("CLIENT", "LIST")
+        assert clients.count(b"cmd=client") == 1  # this one connection, not one per call
+
+
 async def test_a_batch_is_answered_in_order_and_its_first_error_raised_after_all_replies(redis_url):
-    link = link_to(redis_url)
-    try:
+    async with open_link(redis_url) as link:
         assert await link.execute_many([("SET", "k", "1"), ("INCR", "k"), ("GET", "k")]) == [b"OK", 2, b"2"]
         with pytest.raises(ResponseError, match="not an integer"):
             await link.execute_many([("SET", "s", "text"), ("INCR", "s"), ("SET", "after", "yes")])
         assert await link.execute("GET", "after") == b"yes"  # the whole batch ran; replies still in step
         assert await link.execute_many([]) == []
-    finally:
-        await link.aclose()
 
 
 async def test_error_replies_raise_redis_py_exceptions(redis_url):
-    link = link_to(redis_url)
-    try:
+    async with open_link(redis_url) as link:
         with pytest.raises(NoScriptError):
             await link.execute("EVALSHA", "0" * 40, 0)
         with pytest.raises(ResponseError, match="unknown command"):
             await link.execute("NOT-A-COMMAND")
         assert await link.execute("PING") == b"PONG"
-    finally:
-        await link.aclose()
 
 
 async def test_a_call_that_timed_out_does_not_shift_the_replies_of_later_calls(tmp_path):
     with redis_server(tmp_path / "r", "--enable-debug-command", "local") as server:
-        link = link_to(server.url)
-        try:
+        async with open_link(server.url) as link:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.05):
                     await link.execute("DEBUG", "SLEEP", "0.2")
             # its reply (+OK) arrives first and goes to nobody; this call gets its own
             assert await link.execute("ECHO", "mine") == b"mine"
-        finally:
-            await link.aclose()
 
 
 async def test_a_hung_server_costs_the_connection_once_its_oldest_reply_is_overdue(tmp_path):
     with redis_server(tmp_path / "r") as server:
-        link = link_to(server.url, stall_s=0.2)
-        try:
+        async with open_link(server.url, stall_s=0.2) as link:
             first = await link.execute("CLIENT", "ID")
             server.process.send_signal(signal.SIGSTOP)
             try:
@@ -84,14 +82,11 @@ async def test_a_hung_server_costs_the_connection_once_its_oldest_reply_is_overd
             finally:
                 server.process.send_signal(signal.SIGCONT)
             assert await link.execute("CLIENT", "ID") != first  # a new connection
-        finally:
-            await link.aclose()
 
 
 async def test_calls_in_flight_fail_when_the_server_goes_and_the_next_call_reconnects(tmp_path):
     with redis_server(tmp_path / "r", "--enable-debug-command", "local") as server:
-        link = link_to(server.url)
-        try:
+        async with open_link(server.url) as link:
             waiting = asyncio.ensure_future(link.execute("DEBUG", "SLEEP", "5"))
             await asyncio.sleep(0.1)
             server.stop()
@@ -101,8 +96,6 @@ async def test_calls_in_flight_fail_when_the_server_goes_and_the_next_call_recon
                 await link.execute("PING")  # nothing listens
             server.start()
             assert await link.execute("PING") == b"PONG"
-        finally:
-            await link.aclose()
 
 
 async def test_the_database_and_credentials_of_the_url_apply_to_every_connection(tmp_path):
@@ -124,13 +117,10 @@ async def test_the_database_and_credentials_of_the_url_apply_to_every_connection
 async def test_unix_socket(tmp_path):
     socket = tmp_path / "redis.sock"
     with redis_server(tmp_path / "r", "--unixsocket", str(socket)):
-        link = link_to(f"unix://{socket}?db=2")
-        try:
+        async with open_link(f"unix://{socket}?db=2") as link:
             assert await link.execute("SET", "k", "v") == b"OK"
             assert await link.execute("GET", "k") == b"v"
             assert b"db=2" in await link.execute("CLIENT", "INFO")
-        finally:
-            await link.aclose()
 
 
 async def test_a_refused_connection_is_a_connection_error():
@@ -140,12 +130,9 @@ async def test_a_refused_connection_is_a_connection_error():
 
 async def test_a_readonly_answer_drops_the_connection_so_the_next_call_finds_the_master_again(tmp_path):
     with redis_server(tmp_path / "master") as master, redis_server(tmp_path / "replica") as replica:
-        link = link_to(replica.url)
-        try:
+        async with open_link(replica.url) as link:
             before = await link.execute("CLIENT", "ID")
             await link.execute("REPLICAOF", "127.0.0.1", master.port)  # as a failover demotes a master
             with pytest.raises(ReadOnlyError):
                 await link.execute("SET", "k", "v")
             assert await link.execute("CLIENT", "ID") != before  # connected again
-        finally:
-            await link.aclose()
